@@ -1,0 +1,88 @@
+"""Memory-op benchmark: OVQ op vs causal full attention (torch SDPA) at the same T, in one run.
+
+    python -m memory.bench [--T 4096 16384 65536] [--repeats 1]
+
+Prints JSON: tokens/s and state bytes of each, and their ratios. Not a test: timings are relative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+from memory.config import OVQConfig
+from memory.op import ovq_attention
+
+
+def _best_time(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _measure(T, B, H, D, config, repeats, g, device) -> dict:
+    q, k, v = (torch.randn(B, H, T, D, generator=g).to(device) for _ in range(3))
+    scale, L = D**0.5, config.chunk_size
+    states = []
+    with torch.no_grad():
+        ovq_attention(q[:, :, :L], k[:, :, :L], v[:, :, :L], scale, config)  # warm-up
+        t_ovq = _best_time(lambda: states.append(ovq_attention(q, k, v, scale, config)[1]), repeats)
+        t_full = _best_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), repeats)
+    ovq_bytes = states[-1].nbytes
+    kv_bytes = B * H * T * 2 * D * q.element_size()
+    return {
+        "T": T,
+        "ovq_tokens_per_s": B * T / t_ovq,
+        "full_tokens_per_s": B * T / t_full,
+        "speedup_ovq_vs_full": t_full / t_ovq,
+        "ovq_state_bytes": ovq_bytes,
+        "full_kv_cache_bytes": kv_bytes,
+        "state_ratio_full_over_ovq": kv_bytes / ovq_bytes,
+    }
+
+
+def run(Ts=(4096, 16384, 65536), B=1, H=4, D=64, L=256, N=1024, repeats=1, seed=0, device="cpu") -> dict:
+    """Time one forward (no grad) of each op at every T; best of `repeats`."""
+    config = OVQConfig(chunk_size=L, capacity=N)
+    g = torch.Generator().manual_seed(seed)
+    rows = [_measure(T, B, H, D, config, repeats, g, device) for T in Ts]
+    return {
+        "benchmark": "memory",
+        "config": {"B": B, "H": H, "D": D, "L": L, "N": N, "schedule": config.schedule, "dtype": "float32"},
+        "device": device,
+        "host": {
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "results": rows,
+        "state_bytes_constant": len({r["ovq_state_bytes"] for r in rows}) == 1,
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m memory.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--T", type=int, nargs="+", default=[4096, 16384, 65536], help="stream lengths")
+    p.add_argument("--B", type=int, default=1)
+    p.add_argument("--H", type=int, default=4)
+    p.add_argument("--D", type=int, default=64)
+    p.add_argument("--L", type=int, default=256, help="chunk size")
+    p.add_argument("--N", type=int, default=1024, help="capacity")
+    p.add_argument("--repeats", type=int, default=1, help="best of this many runs")
+    args = p.parse_args(argv)
+    if min(args.T) < 1 or args.repeats < 1:
+        p.error("--T values and --repeats must be >= 1")
+    result = run(args.T, args.B, args.H, args.D, args.L, args.N, args.repeats)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The Textual terminal UI (`ovq chat`). Talks only to agent's public API."""
