@@ -51,7 +51,8 @@ def test_autograd_leaves_the_given_state_untouched_and_matches_the_inplace_path(
         assert torch.equal(t.nan_to_num(), getattr(state, name).nan_to_num()), name
     with torch.no_grad():
         out_n, state_n = ovq_attention(q[:, :, 11:], k[:, :, 11:], v[:, :, 11:], 2.0, config, before)
-    assert torch.equal(out_g.detach(), out_n)
+    # the inference read merges two flash passes; the autograd read is one SDPA call
+    torch.testing.assert_close(out_g.detach(), out_n, rtol=0, atol=1e-12)
     n = state_n.size
     assert torch.equal(state_g.keys[:, :, :n].detach(), state_n.keys[:, :, :n])  # bit for bit
     assert torch.equal(state_g.values[:, :, :n].detach(), state_n.values[:, :, :n])
