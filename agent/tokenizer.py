@@ -1,0 +1,93 @@
+"""Byte-level BPE tokenizer (HuggingFace `tokenizers`) with the chat special tokens.
+
+Any text round-trips exactly (byte level: no unknown tokens). Saved as `tokenizer.json` beside the
+weights; its SHA-256 is part of a model's fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+USER, ASSISTANT, OBSERVATION, END = "<|user|>", "<|assistant|>", "<|observation|>", "<|end|>"
+PAD, BOS = "<|pad|>", "<|bos|>"
+SPECIAL_TOKENS = (PAD, BOS, USER, ASSISTANT, OBSERVATION, END)
+
+
+class Tokenizer:
+    """A trained tokenizer: encode/decode, character offsets, streaming decode, special ids."""
+
+    def __init__(self, hf: HFTokenizer) -> None:
+        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+        if missing:
+            raise ValueError(f"tokenizer lacks the chat special tokens {missing}")
+        self.hf = hf
+        self.special = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:
+        """Train byte-level BPE on `texts` (an iterator is fine: it is streamed)."""
+        if vocab_size < 256 + len(SPECIAL_TOKENS):
+            raise ValueError(
+                f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (bytes + specials), got {vocab_size}"
+            )
+        hf = HFTokenizer(models.BPE())
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        hf.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(SPECIAL_TOKENS),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        hf.train_from_iterator(texts, trainer=trainer)
+        return cls(hf)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer at {path}")
+        return cls(HFTokenizer.from_file(str(path)))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.is_dir():
+            path = path / "tokenizer.json"
+        self.hf.save(str(path))
+        return path
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size()
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the serialised tokenizer."""
+        return hashlib.sha256(self.hf.to_str().encode()).hexdigest()
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and each token's [start, end) character span in `text`."""
+        enc = self.hf.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
+    def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=skip_special)
+
+    def decode_stream(self, ids: Iterable[int], skip_special: bool = False) -> Iterator[str]:
+        """Text pieces as tokens arrive; a multi-byte character split across tokens waits whole."""
+        stream = decoders.DecodeStream(skip_special_tokens=skip_special)
+        for i in ids:
+            piece = stream.step(self.hf, i)
+            if piece:
+                yield piece
