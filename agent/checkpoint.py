@@ -1,0 +1,84 @@
+"""A model directory: `model.safetensors` + `config.json` + `tokenizer.json` (+ `card.md`).
+
+The fingerprint (SHA-256 over config, weights and tokenizer) identifies a model exactly; snapshots
+carry it so that a state is never restored into a different model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from agent.model import HybridLM, ModelConfig
+from agent.tokenizer import Tokenizer
+
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+
+
+@dataclass
+class LoadedModel:
+    model: HybridLM
+    tokenizer: Tokenizer
+    path: Path
+    fingerprint: str
+
+
+def fingerprint(model: HybridLM, tokenizer: Tokenizer) -> str:
+    """SHA-256 of the config JSON, every weight (name, dtype, shape, bytes) and the tokenizer."""
+    h = hashlib.sha256()
+    h.update(model.config.to_json().encode())
+    for name, t in sorted(_weights(model).items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    h.update(tokenizer.fingerprint.encode())
+    return h.hexdigest()
+
+
+def save_model(model: HybridLM, tokenizer: Tokenizer, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"model vocab {model.config.vocab_size} != tokenizer vocab {tokenizer.vocab_size}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in _weights(model).items()}, str(path / WEIGHTS))
+    (path / CONFIG).write_text(json.dumps(json.loads(model.config.to_json()), indent=2) + "\n")
+    tokenizer.save(path / TOKENIZER)
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory; raises FileNotFoundError / ValueError naming what is wrong."""
+    path = Path(path)
+    for name in (WEIGHTS, CONFIG, TOKENIZER):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"model directory {path} lacks {name}")
+    try:
+        config = ModelConfig.from_json((path / CONFIG).read_text())
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise ValueError(f"{path / CONFIG} is not a valid model config: {e}") from e
+    tokenizer = Tokenizer.load(path / TOKENIZER)
+    model = HybridLM(config)
+    state = load_file(str(path / WEIGHTS))
+    expected = _weights(model)
+    if set(state) != set(expected):
+        raise ValueError(
+            f"{path / WEIGHTS} does not match its config: missing {sorted(set(expected) - set(state))[:5]}, "
+            f"unexpected {sorted(set(state) - set(expected))[:5]}"
+        )
+    for name, t in state.items():
+        if t.shape != expected[name].shape:
+            raise ValueError(
+                f"{path / WEIGHTS}: {name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    model.eval().to(device)
+    return LoadedModel(model, tokenizer, path, fingerprint(model, tokenizer))
+
+
+def _weights(model: HybridLM) -> dict[str, torch.Tensor]:
+    return model.state_dict()
