@@ -6,9 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kernels.assign import coverage_assign_torch
-from kernels.chunk_read import chunk_read_torch
-from kernels.fold import fold_update_torch
+import torch
+
+from kernels import _triton
+from kernels.assign import coverage_assign_torch, coverage_assign_triton
+from kernels.chunk_read import chunk_read_torch, chunk_read_triton
+from kernels.fold import fold_update_torch, fold_update_triton
 
 BACKENDS = ("torch", "triton")
 
@@ -24,6 +27,8 @@ class ChunkOps:
 
 
 TORCH_OPS = ChunkOps("torch", chunk_read_torch, coverage_assign_torch, fold_update_torch)
+# Forward kernels; while autograd records, the read and the fold run their torch twins (kernels/README.md).
+TRITON_OPS = ChunkOps("triton", chunk_read_triton, coverage_assign_triton, fold_update_triton)
 
 
 def get_ops(backend: str) -> ChunkOps:
@@ -31,13 +36,19 @@ def get_ops(backend: str) -> ChunkOps:
     if backend == "torch":
         return TORCH_OPS
     if backend == "triton":
-        raise ValueError(
-            "backend='triton' is not available in this build: the Triton chunk kernels are not "
-            "implemented yet; use backend='torch' (or 'auto')"
-        )
+        reason = _triton.unavailable_reason()
+        if reason is not None:
+            raise ValueError(
+                f"backend='triton' is not available here: {reason}; use backend='torch' or 'auto'"
+            )
+        return TRITON_OPS
     raise ValueError(f"backend must be one of {BACKENDS} or 'auto', got {backend!r}")
 
 
 def triton_available() -> bool:
-    """True when the Triton chunk kernels can run here."""
-    return False
+    """True when the Triton chunk kernels can run here: triton imports, and there is a CUDA device or
+    TRITON_INTERPRET=1. When only the import fails, warns once ('auto' then uses torch)."""
+    reason = _triton.unavailable_reason()
+    if reason is not None and (_triton.interpreting() or torch.cuda.is_available()):
+        _triton.warn_fallback_once(reason)
+    return reason is None

@@ -41,19 +41,23 @@ def _member_sums(chunk_k, chunk_v, assign, M, counts):
 
 
 def _fold_inplace(keys, values, counts, n, chunk_k, chunk_v, assign, M):
-    D, Dv = keys.shape[-1], values.shape[-1]
+    B, H, N, D = keys.shape
+    Dv = values.shape[-1]
     # new slots start empty; their seed is one of their members
     keys[:, :, n:M], values[:, :, n:M], counts[:, :, n:M] = 0, 0, 0
-    sum_k, sum_v, members = _member_sums(chunk_k, chunk_v, assign, M, counts)
-    ik = assign.unsqueeze(-1).expand(-1, -1, -1, D)  # [B, H, L, D]
-    iv = assign.unsqueeze(-1).expand(-1, -1, -1, Dv)
+    # rows of the flattened [B*H*N, D] buffers: whole-row index ops are far cheaper than gathers
+    rows = (assign + N * torch.arange(B * H, device=assign.device).view(B, H, 1)).flatten()  # [B*H*L]
+    flat_k, flat_v, flat_c = keys.view(-1, D), values.view(-1, Dv), counts.view(-1)
+    sum_k = chunk_k.new_zeros(B * H * N, D).index_add_(0, rows, chunk_k.reshape(-1, D))
+    sum_v = chunk_v.new_zeros(B * H * N, Dv).index_add_(0, rows, chunk_v.reshape(-1, Dv))
+    members = counts.new_zeros(B * H * N).index_add_(0, rows, torch.ones_like(rows))
     # per token, the new mean of its slot; tokens sharing a slot write identical rows
-    c_old = counts.gather(2, assign)  # [B, H, L]
-    c_new = c_old + members.gather(2, assign)
+    c_old = flat_c.index_select(0, rows)  # [B*H*L]
+    c_new = c_old + members.index_select(0, rows)
     co, cn = c_old.unsqueeze(-1).to(keys.dtype), c_new.unsqueeze(-1).to(keys.dtype)
-    keys.scatter_(2, ik, (co * keys.gather(2, ik) + sum_k.gather(2, ik)) / cn)
-    values.scatter_(2, iv, (co * values.gather(2, iv) + sum_v.gather(2, iv)) / cn)
-    counts.scatter_(2, assign, c_new)
+    flat_k.index_copy_(0, rows, (co * flat_k.index_select(0, rows) + sum_k.index_select(0, rows)) / cn)
+    flat_v.index_copy_(0, rows, (co * flat_v.index_select(0, rows) + sum_v.index_select(0, rows)) / cn)
+    flat_c.index_copy_(0, rows, c_new)
     return keys, values, counts
 
 
@@ -77,3 +81,127 @@ def _fold_functional(keys, values, counts, n, chunk_k, chunk_v, assign, M):
         torch.cat([new_v, values[:, :, rest]], dim=2),
         torch.cat([new_c, counts[:, :, rest]], dim=2),
     )
+
+
+# ---- Triton kernel, appended below the twin (so its imports sit here). Triton itself is imported on
+# first use, never at `import kernels`.
+import functools  # noqa: E402
+
+from kernels import _triton  # noqa: E402
+
+tl = None  # triton.language, bound by _fold_jit()
+
+
+def fold_update_triton(
+    keys: torch.Tensor,  # [B, H, N, D]
+    values: torch.Tensor,  # [B, H, N, Dv]
+    counts: torch.Tensor,  # [B, H, N] int64
+    n: int,
+    chunk_k: torch.Tensor,  # [B, H, L, D]
+    chunk_v: torch.Tensor,  # [B, H, L, Dv]
+    assign: torch.Tensor,  # [B, H, L]
+    M: int,
+    inplace: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fold_update_torch in place, as one Triton kernel: one program per (batch*head, block of
+    slots) sums each slot's members in position order, so the result is deterministic (no float
+    atomics). Out of place (autograd), the torch twin runs instead."""
+    if not inplace:
+        return fold_update_torch(keys, values, counts, n, chunk_k, chunk_v, assign, M, False)
+    _triton.check_device(keys, values, counts, chunk_k, chunk_v, assign)
+    B, H, _, D = keys.shape
+    Dv = values.shape[-1]
+    if M == 0:
+        return keys, values, counts
+    # group tokens by slot; the stable sort keeps each slot's members in position order
+    slot_of, order = torch.sort(assign, dim=-1, stable=True)  # [B, H, L] each
+    slots = torch.arange(M, device=assign.device).expand(B, H, M).contiguous()
+    first = torch.searchsorted(slot_of, slots)  # [B, H, M]: members of slot s are order[first:last]
+    last = torch.searchsorted(slot_of, slots, right=True)
+    BLOCK_S = 16
+    grid = (-(-M // BLOCK_S), B * H)
+    _fold_jit()[grid](
+        keys, values, counts, chunk_k, chunk_v, order, first, last,
+        *keys.stride(), *values.stride(), *counts.stride(), *chunk_k.stride(), *chunk_v.stride(),
+        *order.stride(), *first.stride(),
+        H, n, M, D, Dv,
+        BLOCK_S=BLOCK_S, BLOCK_D=_triton.block(D), BLOCK_DV=_triton.block(Dv),
+        F32=keys.dtype == torch.float32,
+        enable_fp_fusion=False,  # the twin rounds c*mu before adding the sum: no fused multiply-add
+    )  # fmt: skip
+    return keys, values, counts
+
+
+@functools.cache
+def _fold_jit():
+    global tl
+    triton, tl = _triton.load()
+    return triton.jit(_fold_kernel, do_not_specialize=["n", "M"])
+
+
+def _fold_kernel(
+    K, V, C, CK, CV, ORDER, FIRST, LAST,
+    sk_b, sk_h, sk_n, sk_d,
+    sv_b, sv_h, sv_n, sv_d,
+    sc_b, sc_h, sc_n,
+    sck_b, sck_h, sck_t, sck_d,
+    scv_b, scv_h, scv_t, scv_d,
+    so_b, so_h, so_t,
+    sf_b, sf_h, sf_s,
+    H, n, M, D, Dv,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, F32: tl.constexpr,
+):  # fmt: skip
+    # one program: BLOCK_S slots of one (batch, head); it alone writes them
+    pid_s, bh = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    slots = pid_s * BLOCK_S + tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    slot_ok, d_ok, dv_ok = slots < M, offs_d < D, offs_dv < Dv
+
+    f_off = b * sf_b + h * sf_h + slots * sf_s
+    first = tl.load(FIRST + f_off, mask=slot_ok, other=0)
+    members = (tl.load(LAST + f_off, mask=slot_ok, other=0) - first).to(tl.int32)  # 0 past M
+    sum_k = tl.zeros([BLOCK_S, BLOCK_D], K.dtype.element_ty)
+    sum_v = tl.zeros([BLOCK_S, BLOCK_DV], V.dtype.element_ty)
+    # r-th member of every slot at once; each slot adds its members in position order, like the
+    # twin's sequential scatter on CPU
+    for r in range(0, tl.max(members, 0)):
+        live = r < members
+        tok = tl.load(ORDER + b * so_b + h * so_h + (first + r) * so_t, mask=live, other=0)
+        sum_k += tl.load(
+            CK + b * sck_b + h * sck_h + tok[:, None] * sck_t + offs_d[None, :] * sck_d,
+            mask=live[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        sum_v += tl.load(
+            CV + b * scv_b + h * scv_h + tok[:, None] * scv_t + offs_dv[None, :] * scv_d,
+            mask=live[:, None] & dv_ok[None, :],
+            other=0.0,
+        )
+
+    # new slots [n, M) start at count 0 and centroid 0 (their seed is a member); never read them
+    old = slot_ok & (slots < n)
+    k_ptrs = K + b * sk_b + h * sk_h + slots[:, None] * sk_n + offs_d[None, :] * sk_d
+    v_ptrs = V + b * sv_b + h * sv_h + slots[:, None] * sv_n + offs_dv[None, :] * sv_d
+    c_ptrs = C + b * sc_b + h * sc_h + slots * sc_n
+    c_old = tl.load(c_ptrs, mask=old, other=0)
+    mu_k = tl.load(k_ptrs, mask=old[:, None] & d_ok[None, :], other=0.0)
+    mu_v = tl.load(v_ptrs, mask=old[:, None] & dv_ok[None, :], other=0.0)
+    c_new = c_old + members
+    touched = members > 0
+    co, cn = c_old.to(K.dtype.element_ty)[:, None], c_new.to(K.dtype.element_ty)[:, None]
+    cn = tl.where(touched[:, None], cn, 1.0)  # memberless slots are not divided (new ones stay 0)
+    if F32:  # `/` may lower to an approximate fp32 division on GPU; torch's is IEEE-rounded
+        new_k = tl.math.div_rn(co * mu_k + sum_k, cn)
+        new_v = tl.math.div_rn(co * mu_v + sum_v, cn)
+    else:  # fp64 division is IEEE-rounded anyway (and div_rn is fp32 only)
+        new_k = (co * mu_k + sum_k) / cn
+        new_v = (co * mu_v + sum_v) / cn
+    new_k = tl.where(touched[:, None], new_k, 0.0)
+    new_v = tl.where(touched[:, None], new_v, 0.0)
+    # untouched old slots are left alone, bit for bit; every new slot is written
+    write = slot_ok & (touched | (slots >= n))
+    tl.store(k_ptrs, new_k, mask=write[:, None] & d_ok[None, :])
+    tl.store(v_ptrs, new_v, mask=write[:, None] & dv_ok[None, :])
+    tl.store(c_ptrs, c_new, mask=write)
