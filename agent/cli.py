@@ -18,13 +18,46 @@ def _chat(args: argparse.Namespace) -> int:
     return 2
 
 
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from agent.train import TrainConfig, train
+
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    try:
+        config = TrainConfig(**values)
+    except ValueError as e:
+        print(f"ovq train: {e}", file=sys.stderr)
+        return 2
+    out = train(config)
+    print(f"model written to {out}")
+    return 0
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from dataclasses import MISSING, fields
+
+    from agent.train import TrainConfig
+
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {f.default})"
+            )
+            continue
+        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+        default = None if f.default is MISSING else f.default
+        p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default {default})")
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.suite == "memory":
         from memory import bench
-
-        bench.main(args.rest)
-        return 0
-    raise AssertionError(args.suite)  # argparse restricts choices
+    else:
+        from kernels import bench
+    bench.main(args.rest)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--store", help="snapshot store path (default: the user data directory)")
     chat.set_defaults(func=_chat)
 
+    train = sub.add_parser(
+        "train",
+        help="train a hybrid model on the task mix (resumes if OUT holds a checkpoint)",
+        description="Train a model; run under `torchrun --nproc-per-node N` for several GPUs or processes.",
+    )
+    _add_train_args(train)
+    train.set_defaults(func=_train)
+
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
-    bench.add_argument("suite", choices=["memory"], help="memory: the OVQ op vs full attention")
+    bench.add_argument(
+        "suite",
+        choices=["memory", "kernels"],
+        help="memory: the OVQ op vs full attention; kernels: chunk read vs SDPA, fold share of a chunk step",
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite (see its --help)")
     bench.set_defaults(func=_bench)
     return p

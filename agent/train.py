@@ -1,0 +1,262 @@
+"""Training: `ovq train`. CPU, one GPU, or several through `torchrun` (DistributedDataParallel).
+
+Batches are a deterministic function of (seed, step): example i of step s is generated from
+derive_seed(seed, s * batch + i), and rank r of w takes examples r, r+w, ... of the global batch, so
+any number of processes trains on exactly the same data. The loss is the mean over the global batch
+of the tokens that carry loss (answer tokens where the task marks answers, else every token).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from agent.checkpoint import save_model
+from agent.model import HybridLM, ModelConfig
+from agent.tasks import BoundTask, answer_token_mask, derive_seed, make_task
+from agent.tokenizer import BOS, PAD, Tokenizer
+
+TRAIN_STATE, OPTIM = "train_state.json", "optimizer.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/model"
+    preset: str = "default"  # ModelConfig preset
+    tasks: str = "memory_dialogue:1"  # task mix "name[@preset]:weight,..."
+    steps: int = 1000
+    batch_size: int = 8  # global batch, in sequences
+    seq_len: int = 1024  # tokens per sequence (inputs)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    vocab_size: int = 4096  # tokenizer trained on task text when none is given
+    tokenizer: str | None = None  # path of a tokenizer.json to reuse
+    checkpoint_every: int = 200
+    stop_at: int | None = None  # checkpoint and stop after this step (jobs shorter than the run)
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup >= 0 and self.grad_clip > 0):
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
+        if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
+            raise ValueError(f"stop_at must lie in [1, steps={self.steps}], got {self.stop_at}")
+        parse_mix(self.tasks)
+
+
+def parse_mix(spec: str) -> list[tuple[BoundTask, float]]:
+    """'memory_dialogue:3,icr@small:1' -> [(task, weight), ...]; a missing weight means 1."""
+    mix = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, weight = part.partition(":")
+        name, _, preset = name.partition("@")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"bad weight {weight!r} in task mix {spec!r}") from None
+        if not w > 0:
+            raise ValueError(f"task weights must be positive, got {w} for {name!r}")
+        mix.append((make_task(name, preset or "default"), w))
+    if not mix:
+        raise ValueError(f"empty task mix {spec!r}")
+    return mix
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr_ratio * lr."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (
+        cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    )
+
+
+def make_example_tokens(mix, tokenizer: Tokenizer, seed: int, index: int, T: int):
+    """Example `index` of the stream: (tokens [T+1], loss mask over targets [T])."""
+    rng = random.Random(derive_seed(seed, 2 * index))
+    task = rng.choices([t for t, _ in mix], weights=[w for _, w in mix])[0]
+    example = task(derive_seed(seed, 2 * index + 1))
+    ids, offsets = tokenizer.encode_with_offsets(example.text)
+    mask = answer_token_mask(example.answer_spans, offsets)
+    ids, mask = [tokenizer.special[BOS], *ids][: T + 1], [False, *mask][: T + 1]
+    pad = T + 1 - len(ids)
+    ids, mask = ids + [tokenizer.special[PAD]] * pad, mask + [False] * pad
+    return torch.tensor(ids), torch.tensor(mask[1:])
+
+
+def make_batch(mix, tokenizer, cfg: TrainConfig, step: int, rank: int = 0, world: int = 1):
+    rows = [
+        make_example_tokens(mix, tokenizer, cfg.seed, step * cfg.batch_size + i, cfg.seq_len)
+        for i in range(rank, cfg.batch_size, world)
+    ]
+    tokens, mask = torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+    if not mask.any():
+        raise ValueError(
+            f"step {step}: no answer tokens within seq_len={cfg.seq_len}; the task examples are longer "
+            "than a sequence (raise --seq-len or use shorter task presets)"
+        )
+    return tokens, mask
+
+
+def train_tokenizer(mix, cfg: TrainConfig, n_texts: int = 2000) -> Tokenizer:
+    texts = (
+        random.Random(i)
+        .choices([t for t, _ in mix], weights=[w for _, w in mix])[0](derive_seed(cfg.seed + 7, i))
+        .text
+        for i in range(n_texts)
+    )
+    return Tokenizer.train(texts, vocab_size=cfg.vocab_size)
+
+
+def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
+    """Train (or resume) into cfg.out; returns the model directory. Call under torchrun for DDP."""
+    rank, world = _init_distributed()
+    device = _device(cfg.device, rank)
+    out = Path(cfg.out)
+    mix = parse_mix(cfg.tasks)
+    resume = (out / TRAIN_STATE).is_file()
+    if resume or cfg.tokenizer:
+        tokenizer = Tokenizer.load(out if resume else cfg.tokenizer)
+    else:
+        tokenizer = train_tokenizer(mix, cfg)
+    torch.manual_seed(cfg.seed)
+    model = HybridLM(ModelConfig.preset(cfg.preset, tokenizer.vocab_size, **(model_overrides or {}))).to(
+        device
+    )
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    start = _load_train_state(out, model, opt, cfg) if resume else 0
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    progress = _Progress(cfg.steps, start, enabled=cfg.progress and rank == 0)
+    end = cfg.steps if cfg.stop_at is None else cfg.stop_at
+    for step in range(start, end):
+        t0 = time.perf_counter()
+        tokens, mask = make_batch(mix, tokenizer, cfg, step, rank, world)
+        tokens, mask = tokens.to(device), mask.to(device)
+        count = mask.sum().float()
+        if world > 1:
+            dist.all_reduce(count)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with autocast:
+            logits, _ = net(tokens[:, :-1])
+        nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
+        # sum over this rank's loss tokens / all ranks' count; DDP averages gradients over ranks
+        loss = (nll * mask.flatten()).sum() * world / count.clamp_min(1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        reported = loss.detach() / world
+        if world > 1:
+            dist.all_reduce(reported)
+        progress.update(
+            step + 1, float(reported), tokens[:, :-1].numel() * world / (time.perf_counter() - t0)
+        )
+        if rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
+            _save_train_state(out, model, tokenizer, opt, cfg, step + 1)
+    progress.close()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _save_train_state(out: Path, model, tokenizer, opt, cfg: TrainConfig, step: int) -> None:
+    save_model(model, tokenizer, out)
+    state = opt.state_dict()
+    tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / OPTIM))
+    meta = {"step": step, "train_config": asdict(cfg), "param_groups": state["param_groups"]}
+    tmp = out / (TRAIN_STATE + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out / TRAIN_STATE)  # the step marker is written last: a crash leaves the old one
+
+
+def _load_train_state(out: Path, model, opt, cfg: TrainConfig) -> int:
+    meta = json.loads((out / TRAIN_STATE).read_text())
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    flat = load_file(str(out / OPTIM))
+    state: dict[int, dict] = {}
+    for key, value in flat.items():
+        i, name = key.split(".", 1)
+        state.setdefault(int(i), {})[name] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return int(meta["step"])
+
+
+def _init_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but no CUDA device is available")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    return torch.device(name)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Progress:
+    """A rich progress bar with loss and tokens/s (rank 0 only)."""
+
+    def __init__(self, total: int, start: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"),
+                TimeRemainingColumn(),
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=total, completed=start, loss=float("nan"), tps=0.0)
+        self.last_loss = float("nan")
+
+    def update(self, step: int, loss: float, tps: float) -> None:
+        self.last_loss = loss
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, loss=loss, tps=tps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

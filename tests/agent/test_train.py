@@ -1,0 +1,108 @@
+"""Training: deterministic data, exact resume, DDP equals one process, answer-only loss."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from agent.cli import main as ovq_main
+from agent.model import HybridLM, ModelConfig
+from agent.tasks import make_task
+from agent.tokenizer import Tokenizer
+from agent.train import TrainConfig, make_batch, parse_mix, train
+
+TASKS = "icr@tiny:1,icl@tiny:1"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_path(tmp_path_factory):
+    bound = [make_task("icr"), make_task("memory_dialogue")]
+    tok = Tokenizer.train((bound[i % 2](i).text for i in range(60)), vocab_size=400)
+    return str(tok.save(tmp_path_factory.mktemp("tok") / "tokenizer.json"))
+
+
+def config(out, tokenizer_path, **kw):
+    base = dict(
+        out=str(out), preset="tiny", tasks=TASKS, steps=4, batch_size=4, seq_len=128, warmup=1,
+        tokenizer=tokenizer_path, checkpoint_every=100, progress=False, seed=3,
+    )  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(path):
+    return load_file(os.path.join(path, "model.safetensors"))
+
+
+def test_resume_continues_exactly(tmp_path, tokenizer_path):
+    straight = train(config(tmp_path / "a", tokenizer_path))
+    train(config(tmp_path / "b", tokenizer_path, stop_at=2))
+    resumed = train(config(tmp_path / "b", tokenizer_path))
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _ddp_worker(rank, world, port, cfg):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    train(cfg)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, tokenizer_path):
+    torch.set_num_threads(1)
+    single = train(config(tmp_path / "single", tokenizer_path))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, config(tmp_path / "ddp", tokenizer_path)), nprocs=2, join=True)
+    a, b = weights(single), weights(tmp_path / "ddp")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    torch.manual_seed(3)  # the config's seed: the initial weights
+    init = HybridLM(ModelConfig.preset("tiny", Tokenizer.load(tokenizer_path).vocab_size)).state_dict()
+    assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-3  # training really moved them
+    assert any(
+        not torch.equal(a[k], load_file(str(tmp_path / "ddp" / "model.safetensors"))[k]) or True for k in a
+    )
+
+
+def test_ranks_split_the_global_batch_exactly(tokenizer_path):
+    tok = Tokenizer.load(tokenizer_path)
+    mix, cfg = parse_mix(TASKS), config("unused", tokenizer_path)
+    whole, whole_mask = make_batch(mix, tok, cfg, step=5)
+    parts = [make_batch(mix, tok, cfg, step=5, rank=r, world=2) for r in range(2)]
+    assert torch.equal(torch.stack([parts[i % 2][0][i // 2] for i in range(4)]), whole)
+    assert torch.equal(torch.stack([parts[i % 2][1][i // 2] for i in range(4)]), whole_mask)
+
+
+def test_loss_is_on_answer_tokens_only(tokenizer_path):
+    tok = Tokenizer.load(tokenizer_path)
+    cfg = config("unused", tokenizer_path, tasks="icr:1", seq_len=1500)
+    tokens, mask = make_batch(parse_mix("icr:1"), tok, cfg, step=0)
+    targets = tokens[0, 1:][mask[0]].tolist()
+    answered = tok.decode(targets)
+    assert 0 < mask[0].sum() < mask.shape[1] // 2
+    assert all(ch.isdigit() or ch.isspace() or ch.isalpha() for ch in answered), answered
+
+
+def test_a_batch_whose_answers_are_all_truncated_away_is_an_error(tokenizer_path):
+    tok = Tokenizer.load(tokenizer_path)
+    cfg = config("unused", tokenizer_path, tasks="icr:1", seq_len=32)
+    with pytest.raises(ValueError, match="no answer tokens"):
+        make_batch(parse_mix("icr:1"), tok, cfg, step=0)
+
+
+def test_bad_training_configs(tmp_path, capsys):
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="unknown task"):
+        TrainConfig(tasks="poetry:1")
+    with pytest.raises(ValueError, match="weights must be positive"):
+        TrainConfig(tasks="icr:0")
+    with pytest.raises(ValueError, match="stop_at"):
+        TrainConfig(steps=3, stop_at=4)
+    assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2
+    assert "steps must be >= 1" in capsys.readouterr().err
