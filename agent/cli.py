@@ -51,6 +51,32 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default {default})")
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.checkpoint import load_model
+    from agent.evaluate import evaluate_recall
+
+    if args.model is None:
+        print(
+            "ovq eval: no default model is shipped yet; pass --model DIR (a directory from `ovq train`)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        loaded = load_model(args.model)
+        result = evaluate_recall(loaded.model, loaded.tokenizer, args.task, args.preset, args.n, args.seed)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ovq eval: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps({"model": str(loaded.path), "fingerprint": loaded.fingerprint, **result}, indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.suite == "memory":
         from memory import bench
@@ -81,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_train_args(train)
     train.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="evaluate a model: exact-match recall by distance in tokens")
+    ev.add_argument("what", choices=["recall"], help="recall: answers of fresh task examples")
+    ev.add_argument("--model", help="model directory (from `ovq train`)")
+    ev.add_argument("--task", default="memory_dialogue", help="icr | positional_icr | icl | memory_dialogue")
+    ev.add_argument("--preset", default="default", help="task preset (e.g. default, train_4k, test_64k)")
+    ev.add_argument("--n", type=int, default=20, help="examples")
+    ev.add_argument("--seed", type=int, default=10**6, help="first example seed (training uses others)")
+    ev.add_argument("--json", help="also write the result to this file")
+    ev.set_defaults(func=_eval)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench.add_argument(

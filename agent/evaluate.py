@@ -1,0 +1,108 @@
+"""Recall evaluation: exact match of answers, by distance in tokens from statement to question.
+
+An answer counts as recalled when every one of its tokens is the model's argmax given the text
+before it: exactly when greedy decoding would reproduce it. Long inputs stream through the model
+state chunk by chunk, so evaluation memory is bounded by the chunk, not the input.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+import torch
+
+from agent.model import HybridLM
+from agent.tasks import Example, make_task
+from agent.tokenizer import BOS, Tokenizer
+
+BUCKETS = (0, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)  # token distance bucket edges
+
+
+def answer_records(example: Example) -> list[dict]:
+    """Per answer: its char span, where its fact was stated (end char) and where it was asked."""
+    meta, task = example.meta, example.meta.get("task")
+    if task == "memory_dialogue":
+        return [
+            {"span": q["answer_span"], "stated_end": q["statement_span"][1], "asked": q["question_start"],
+             "kind": q["kind"]}
+            for q in meta["questions"]
+        ]  # fmt: skip
+    if task == "icr":
+        return [
+            {"span": q["span"], "stated_end": q["value_end"], "asked": q["query_start"], "kind": "pair"}
+            for q in meta["queries"]
+        ]
+    if task == "positional_icr":
+        return [
+            {"span": s, "stated_end": e, "asked": q["query_start"], "kind": f"value_{i}"}
+            for q in meta["queries"]
+            for i, (s, e) in enumerate(zip(q["spans"], q["value_ends"]))
+        ]
+    return [
+        {"span": list(s), "stated_end": None, "asked": s[0], "kind": "answer"} for s in example.answer_spans
+    ]
+
+
+@torch.no_grad()
+def score_example(model: HybridLM, tokenizer: Tokenizer, example: Example, chunk: int = 2048) -> list[dict]:
+    """Records of answer_records(example), each with `hit` and `distance_tokens`."""
+    ids, offsets = tokenizer.encode_with_offsets(example.text)
+    ids = [tokenizer.special[BOS], *ids]
+    starts = [0, *(s for s, _ in offsets)]  # char start of each token (BOS at 0)
+    tokens = torch.tensor([ids], device=model.embed.weight.device)
+    state, preds = model.init_state(1), []
+    for a in range(0, tokens.shape[1] - 1, chunk):
+        logits, state = model(tokens[:, a : min(a + chunk, tokens.shape[1] - 1)], state)
+        preds.append(logits[0].argmax(-1))
+    pred = torch.cat(preds)  # pred[i] predicts ids[i + 1]
+    target = tokens[0, 1:]
+    out = []
+    for rec in answer_records(example):
+        s, e = rec["span"]
+        idx = [i for i, (ts, te) in enumerate(offsets) if ts < e and s < te]  # tokens overlapping the span
+        hit = bool(idx) and all(bool(pred[i] == target[i]) for i in idx)  # offsets[i] is ids[i + 1]
+        asked_tok = bisect.bisect_right(starts, rec["asked"]) - 1
+        stated_tok = None if rec["stated_end"] is None else bisect.bisect_left(starts, rec["stated_end"])
+        distance = None if stated_tok is None else max(0, asked_tok - stated_tok)
+        out.append({**rec, "hit": hit, "distance_tokens": distance, "tokens": len(ids)})
+    return out
+
+
+def summarise(records: Iterable[dict]) -> dict:
+    records = list(records)
+    by_bucket: dict[str, list[bool]] = {}
+    for r in records:
+        d = r["distance_tokens"]
+        if d is None:
+            continue
+        i = min(bisect.bisect_right(BUCKETS, d) - 1, len(BUCKETS) - 2)
+        by_bucket.setdefault(f"{BUCKETS[i]}-{BUCKETS[i + 1]}", []).append(r["hit"])
+    hits = [r["hit"] for r in records]
+    return {
+        "answers": len(hits),
+        "exact_match": sum(hits) / len(hits) if hits else float("nan"),
+        "by_distance_tokens": {
+            k: {"answers": len(v), "exact_match": sum(v) / len(v)}
+            for k, v in sorted(by_bucket.items(), key=lambda kv: int(kv[0].split("-")[0]))
+        },
+    }
+
+
+def evaluate_recall(
+    model: HybridLM,
+    tokenizer: Tokenizer,
+    task: str = "memory_dialogue",
+    preset: str = "default",
+    n: int = 20,
+    seed: int = 10**6,
+    chunk: int = 2048,
+    **overrides,
+) -> dict:
+    """Exact-match recall over n fresh examples (memory dialogues use the test vocabulary split)."""
+    if task == "memory_dialogue":
+        overrides.setdefault("vocab_split", "test")
+    bound = make_task(task, preset, **overrides)
+    records = [r for i in range(n) for r in score_example(model, tokenizer, bound(seed + i), chunk)]
+    state_bytes = model.init_state(1).nbytes
+    return {"task": task, "preset": preset, "examples": n, "state_bytes": state_bytes, **summarise(records)}

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from agent.evaluate import answer_records, evaluate_recall, score_example, summarise
+from agent.model import HybridLM, ModelConfig
+from agent.tasks import Example, make_task
+from agent.tokenizer import Tokenizer
+
+TOK = Tokenizer.train((make_task("icr", "tiny")(i).text for i in range(50)), vocab_size=300)
+
+
+class Oracle(HybridLM):
+    """Predicts the true next token everywhere: every answer must count as recalled."""
+
+    def __init__(self, ids):
+        super().__init__(ModelConfig.preset("tiny", TOK.vocab_size))
+        self.ids, self.seen = ids, 0
+
+    def forward(self, tokens, state=None):
+        logits, state = super().forward(tokens, state)
+        T = tokens.shape[1]
+        nxt = self.ids[self.seen + 1 : self.seen + 1 + T]
+        self.seen += T
+        return torch.nn.functional.one_hot(torch.tensor([nxt]), logits.shape[-1]).float() * 100, state
+
+
+@pytest.mark.parametrize("task", ["icr", "positional_icr", "memory_dialogue"])
+def test_an_oracle_recalls_everything_and_distances_are_in_tokens(task):
+    ex = make_task(task, "tiny" if task == "icr" else "default")(5)
+    ids = [TOK.special["<|bos|>"], *TOK.encode(ex.text)]
+    records = score_example(Oracle(ids), TOK, ex, chunk=97)  # chunks split answers and questions
+    assert records and all(r["hit"] for r in records)
+    assert all(r["distance_tokens"] is not None and 0 <= r["distance_tokens"] < len(ids) for r in records)
+    assert len(records) == len(answer_records(ex))
+
+
+def test_a_wrong_token_anywhere_in_an_answer_is_a_miss():
+    ex = make_task("icr", "tiny")(2)
+    ids = [TOK.special["<|bos|>"], *TOK.encode(ex.text)]
+    _, offsets = TOK.encode_with_offsets(ex.text)
+    s, e = ex.answer_spans[0]
+    last = max(i for i, (ts, te) in enumerate(offsets) if ts < e and s < te)
+    wrong = list(ids)
+    wrong[last + 1] = (wrong[last + 1] + 1) % TOK.vocab_size  # the model "predicts" a wrong last token
+    records = score_example(Oracle(wrong), TOK, ex)
+    assert [r["hit"] for r in records] == [False] + [True] * (len(records) - 1)
+
+
+def test_summary_buckets_and_random_model_runs():
+    summary = summarise([{"hit": True, "distance_tokens": 10}, {"hit": False, "distance_tokens": 3000}])
+    assert summary["exact_match"] == 0.5
+    assert summary["by_distance_tokens"] == {
+        "0-256": {"answers": 1, "exact_match": 1.0},
+        "2048-4096": {"answers": 1, "exact_match": 0.0},
+    }
+    torch.manual_seed(0)
+    model = HybridLM(ModelConfig.preset("tiny", TOK.vocab_size)).eval()
+    result = evaluate_recall(model, TOK, task="icr", preset="tiny", n=2)
+    assert result["answers"] == 8 and 0 <= result["exact_match"] <= 1 and result["state_bytes"] > 0
+    assert answer_records(Example("abc", ((0, 1),), {"task": "other"}))[0]["stated_end"] is None
