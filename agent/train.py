@@ -49,6 +49,7 @@ class TrainConfig:
     stop_at: int | None = None  # checkpoint and stop after this step (jobs shorter than the run)
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
+    log: str | None = None  # append one JSON line per step (step, loss, lr, tokens/s) to this file
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -174,9 +175,12 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         reported = loss.detach() / world
         if world > 1:
             dist.all_reduce(reported)
-        progress.update(
-            step + 1, float(reported), tokens[:, :-1].numel() * world / (time.perf_counter() - t0)
-        )
+        tps = tokens[:, :-1].numel() * world / (time.perf_counter() - t0)
+        progress.update(step + 1, float(reported), tps)
+        if rank == 0 and cfg.log:
+            record = {"step": step + 1, "loss": float(reported), "lr": lr_at(step, cfg), "tokens_per_s": tps}
+            with open(cfg.log, "a") as f:
+                f.write(json.dumps(record) + "\n")
         if rank == 0 and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == end):
             _save_train_state(out, model, tokenizer, opt, cfg, step + 1)
     progress.close()

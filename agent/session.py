@@ -1,0 +1,232 @@
+"""The streaming Session runtime: one unbounded token stream through the model, memory bounded by
+configuration, driven from threads or asyncio.
+
+    runtime = Runtime.load("path/to/model")
+    s = runtime.session("notes")
+    s.feed("Observation: the deploy key is 7F3A.")
+    print(s.reply("What is the deploy key?"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from agent.checkpoint import LoadedModel, load_model
+from agent.generate import CancelToken, SamplingConfig, generate_tokens, stream_text
+from agent.model import ModelState
+from agent.tasks.base import TURN_SEP
+from agent.text import clean, segments
+from agent.tokenizer import ASSISTANT, END, USER
+from memory import OVQState
+from memory.stats import memory_stats
+
+FEED_TOKENS = 2048  # tokens per forward while feeding: bounds activation memory for any input size
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+
+
+@dataclass
+class Turn:
+    role: str  # "user" | "assistant" | "observation"
+    text: str
+
+
+@dataclass
+class Transcript:
+    """Chat bookkeeping: the turns of this session (user data; snapshots carry it)."""
+
+    turns: list[Turn] = field(default_factory=list)
+
+
+class Runtime:
+    """A loaded model (shared by all its sessions) and, later, a snapshot store."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str | Path | LoadedModel | None = None, store=None) -> Runtime:
+        """The model at `model` (a directory from `ovq train`), or the shipped default model."""
+        if isinstance(model, LoadedModel):
+            return cls(model)
+        path = Path(model) if model is not None else DEFAULT_MODEL_DIR
+        if model is None and not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                "no default model is shipped in this build yet; pass a model directory from `ovq train`"
+            )
+        return cls(load_model(path))
+
+    def session(self, name: str) -> Session:
+        """The session `name` (one object per name in this runtime)."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 128 or "/" in name:
+            raise ValueError(f"session names are 1-128 characters without '/', got {name!r}")
+        with self._lock:
+            if name not in self._sessions:
+                self._sessions[name] = Session(self, name)
+            return self._sessions[name]
+
+
+class Session:
+    """One stream. All methods are safe from several threads (one writer at a time)."""
+
+    def __init__(self, runtime: Runtime, name: str, state: ModelState | None = None) -> None:
+        self.runtime, self.name = runtime, name
+        self.state = state if state is not None else runtime.model.init_state(1)
+        self.generator = torch.Generator().manual_seed(0)
+        self.transcript = Transcript()
+        self.lock = threading.RLock()
+        self._last_token: int | None = None
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.state.pos
+
+    # ---- feeding
+    def feed(self, text: str, role: str | None = None) -> int:
+        """Append `text` to the stream (wrapped as a turn of `role` if given). Returns tokens fed.
+        Any size: it is tokenised and fed in bounded pieces."""
+        text = self._check_text(text)
+        if role is not None:
+            if role not in ("user", "assistant", "observation"):
+                raise ValueError(f"role must be user, assistant or observation, got {role!r}")
+            text = f"<|{role}|>{text}{END}{TURN_SEP}"
+        with self.lock:
+            fed = 0
+            for part in segments(text):
+                ids = self.runtime.tokenizer.encode(part)
+                for a in range(0, len(ids), FEED_TOKENS):
+                    self._forward(ids[a : a + FEED_TOKENS])
+                fed += len(ids)
+            if role is not None:
+                self.transcript.turns.append(Turn(role, text))
+            return fed
+
+    @torch.no_grad()
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        tokens = torch.tensor([ids], device=self.runtime.model.embed.weight.device)
+        logits, self.state = self.runtime.model(tokens, self.state)
+        return logits
+
+    # ---- generation
+    def stream(
+        self, prompt: str, sampling: SamplingConfig | None = None, cancel: CancelToken | None = None
+    ) -> Iterator[str]:
+        """Feed `prompt`, then yield generated text pieces until a stop string, `<|end|>` or max tokens.
+        Cancelling (the token, or closing the iterator) keeps what was generated in the stream."""
+        sampling = sampling or SamplingConfig()
+        prompt = self._check_text(prompt, allow_empty=False)
+        with self.lock:
+            tok = self.runtime.tokenizer
+            ids = tok.encode(prompt)
+            tokens = generate_tokens(
+                self.runtime.model, self.state, ids, sampling, self.generator,
+                stop_tokens=frozenset({tok.special[END]}), cancel=cancel,
+            )  # fmt: skip
+            try:
+                yield from stream_text(tok, self._track(tokens), sampling.stop)
+            finally:
+                tokens.close()
+
+    def _track(self, tokens: Iterator[int]) -> Iterator[int]:
+        for t in tokens:
+            self._last_token = t
+            yield t
+
+    def reply(
+        self, message: str, sampling: SamplingConfig | None = None, cancel: CancelToken | None = None
+    ) -> str:
+        """A chat turn: the user's message, then the assistant's reply (returned)."""
+        message = self._check_text(message, allow_empty=False)
+        with self.lock:
+            self.transcript.turns.append(Turn("user", message))
+            pieces: list[str] = []
+            self._last_token = None
+            try:
+                for piece in self.stream(f"{USER}{message}{END}{TURN_SEP}{ASSISTANT}", sampling, cancel):
+                    pieces.append(piece)
+            finally:
+                answer = "".join(pieces)
+                self.transcript.turns.append(Turn("assistant", answer))
+                self._close_turn()
+            return answer
+
+    def _close_turn(self) -> None:
+        """End the assistant turn as training data does: `<|end|>` (unless generated) and a newline."""
+        end = self.runtime.tokenizer.special[END]
+        ids = ([] if self._last_token == end else [end]) + self.runtime.tokenizer.encode(TURN_SEP)
+        self._forward(ids)
+
+    # ---- async twins: the work runs in a thread; the event loop never blocks
+    async def afeed(self, text: str, role: str | None = None) -> int:
+        return await asyncio.to_thread(self.feed, text, role)
+
+    async def areply(self, message: str, sampling: SamplingConfig | None = None) -> str:
+        return await asyncio.to_thread(self.reply, message, sampling)
+
+    async def astream(self, prompt: str, sampling: SamplingConfig | None = None) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel, done = CancelToken(), object()
+
+        def work() -> None:
+            try:
+                for piece in self.stream(prompt, sampling, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except BaseException as e:  # delivered to the awaiting side
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancel.cancel()
+            await worker
+
+    # ---- state
+    def stats(self) -> dict:
+        """Memory per layer (OVQ fill, counts, bytes), total bytes, tokens seen, and the bytes a full
+        KV cache would need for this stream in each attention layer."""
+        with self.lock:
+            layers = []
+            for kind, s in zip(self.runtime.model.config.kinds, self.state.layers):
+                entry = {"kind": kind, "state_bytes": s.nbytes}
+                if isinstance(s, OVQState):
+                    entry["memory"] = memory_stats(s).to_dict()
+                layers.append(entry)
+            cfg = self.runtime.model.config
+            kv = 2 * self.state.pos * cfg.d_model * 4 * len(cfg.kinds)  # float32 keys + values, every layer
+            return {
+                "session": self.name,
+                "tokens_seen": self.state.pos,
+                "state_bytes": self.state.nbytes,
+                "kv_cache_bytes": kv,
+                "layers": layers,
+            }
+
+    def _check_text(self, text: str, allow_empty: bool = True) -> str:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+            if "\ufffd" in text:
+                warnings.warn("input was not valid UTF-8; undecodable bytes were replaced", stacklevel=3)
+        if not isinstance(text, str):
+            raise ValueError(f"text must be str or bytes, got {type(text).__name__}")
+        text, removed = clean(text)
+        if removed:
+            warnings.warn(f"removed {removed} control characters from the input", stacklevel=3)
+        if not allow_empty and not text.strip():
+            raise ValueError("empty input: nothing to say")
+        return text

@@ -1,0 +1,147 @@
+"""The Session runtime on a tiny random model: streaming consistency, chat turns, concurrency, async."""
+
+import asyncio
+import threading
+
+import pytest
+import torch
+
+from agent.checkpoint import save_model
+from agent.generate import CancelToken, SamplingConfig
+from agent.model import HybridLM, ModelConfig
+from agent.session import Runtime
+from agent.tasks import make_task
+from agent.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory):
+    tok = Tokenizer.train((make_task("memory_dialogue")(i).text for i in range(20)), vocab_size=400)
+    torch.manual_seed(0)
+    model = HybridLM(ModelConfig.preset("tiny", tok.vocab_size))
+    path = save_model(model, tok, tmp_path_factory.mktemp("model"))
+    return Runtime.load(path)
+
+
+def test_feeding_in_bounded_pieces_equals_one_forward(runtime, monkeypatch):
+    import agent.session
+
+    monkeypatch.setattr(agent.session, "FEED_TOKENS", 37)  # many forwards, cut at arbitrary tokens
+    text = make_task("memory_dialogue")(99).text
+    s = runtime.session("pieces")
+    fed = s.feed(text)
+    ids = runtime.tokenizer.encode(text)
+    assert fed == len(ids) == s.tokens_seen
+    probe = runtime.tokenizer.encode(" next")
+    with torch.no_grad():
+        whole, _ = runtime.model(torch.tensor([ids + probe]))
+    torch.testing.assert_close(s._forward(probe)[0, -1], whole[0, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_a_turn_always_ends_like_training_data(runtime):
+    s = runtime.session("turns")
+    s.reply("hi", SamplingConfig(max_tokens=2))  # stopped by max tokens, not by <|end|>
+    tok = runtime.tokenizer
+    end, nl = tok.special["<|end|>"], tok.encode("\n")
+    before = s.tokens_seen
+    s.reply("again", SamplingConfig(max_tokens=0))
+    prompt = tok.encode("<|user|>again<|end|>\n<|assistant|>")
+    assert s.tokens_seen - before == len(prompt) + 1 + len(nl)  # prompt, then <|end|> and the newline
+    assert end in prompt
+
+
+def test_two_sessions_share_the_weights_and_not_the_state(runtime):
+    x, y = runtime.session("x"), runtime.session("y")
+    assert x.runtime.model is y.runtime.model and runtime.session("x") is x
+    x.feed("hello there")
+    assert x.tokens_seen > 0 and y.tokens_seen == 0
+
+
+def test_reply_is_a_chat_turn_and_the_stream_holds_it(runtime):
+    s = runtime.session("chat")
+    answer = s.reply("What is my locker code?", SamplingConfig(max_tokens=8))
+    assert isinstance(answer, str)
+    assert [t.role for t in s.transcript.turns] == ["user", "assistant"]
+    assert s.tokens_seen >= len(
+        runtime.tokenizer.encode("<|user|>What is my locker code?<|end|>\n<|assistant|>")
+    )
+
+
+def test_cancel_keeps_what_was_generated(runtime):
+    s = runtime.session("cancel")
+    s.feed("start")
+    before = s.tokens_seen
+    cancel = CancelToken()
+    pieces = []
+    for piece in s.stream("go", SamplingConfig(max_tokens=40, temperature=1.0), cancel):
+        pieces.append(piece)
+        cancel.cancel()
+    assert s.tokens_seen > before and s.tokens_seen - before < 40
+
+
+def test_concurrent_writers_are_serialised(runtime):
+    s = runtime.session("threads")
+    counts = []
+
+    def work():
+        counts.append(s.feed("one two three four five six seven"))
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert s.tokens_seen == sum(counts)
+
+
+def test_async_twins_do_not_block_the_event_loop(runtime):
+    s = runtime.session("async")
+
+    async def main():
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.001)
+
+        t = asyncio.create_task(ticker())
+        fed = await s.afeed("some observation text " * 200)
+        pieces = [p async for p in s.astream("and then", SamplingConfig(max_tokens=5))]
+        answer = await s.areply("ok?", SamplingConfig(max_tokens=3))
+        t.cancel()
+        return fed, pieces, answer, ticks
+
+    fed, pieces, answer, ticks = asyncio.run(main())
+    assert fed > 0 and isinstance(answer, str) and ticks > 3
+
+
+def test_stats_report_memory_per_layer(runtime):
+    s = runtime.session("stats")
+    s.feed("a b c d e f g " * 50)
+    st = s.stats()
+    assert st["tokens_seen"] == s.tokens_seen and st["state_bytes"] == s.state.nbytes
+    ovq = [layer for layer in st["layers"] if layer["kind"] == "ovq"]
+    assert ovq and ovq[0]["memory"]["tokens_seen"] == s.tokens_seen and st["kv_cache_bytes"] > 0
+
+
+def test_bad_input_is_named_and_memory_is_kept(runtime):
+    s = runtime.session("bad")
+    s.feed("keep this")
+    kept = s.tokens_seen
+    with pytest.raises(ValueError, match="empty input"):
+        s.reply("   ")
+    with pytest.raises(ValueError, match="must be str or bytes"):
+        s.feed(42)
+    with pytest.raises(ValueError, match="role"):
+        s.feed("x", role="system")
+    with pytest.warns(UserWarning, match="not valid UTF-8"):
+        s.feed(b"caf\xe9")
+    with pytest.warns(UserWarning, match="control characters"):
+        s.feed("bell\x07")
+    assert s.tokens_seen > kept
+    with pytest.raises(ValueError, match="session names"):
+        runtime.session("a/b")
+    with pytest.raises(FileNotFoundError, match="no default model"):
+        Runtime.load()
