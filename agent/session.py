@@ -21,6 +21,7 @@ import torch
 from agent.checkpoint import LoadedModel, load_model
 from agent.generate import CancelToken, SamplingConfig, generate_tokens, stream_text
 from agent.model import ModelState
+from agent.probes import ProbeReport, ProbeSuite, load_suite, run_probe
 from agent.tasks.base import TURN_SEP
 from agent.text import clean, segments
 from agent.tokenizer import ASSISTANT, END, USER
@@ -67,12 +68,24 @@ class Runtime:
 
     def session(self, name: str) -> Session:
         """The session `name` (one object per name in this runtime)."""
-        if not isinstance(name, str) or not name.strip() or len(name) > 128 or "/" in name:
-            raise ValueError(f"session names are 1-128 characters without '/', got {name!r}")
+        _check_name(name)
         with self._lock:
             if name not in self._sessions:
                 self._sessions[name] = Session(self, name)
             return self._sessions[name]
+
+    def _adopt(self, session: Session) -> Session:
+        _check_name(session.name)
+        with self._lock:
+            if session.name in self._sessions:
+                raise ValueError(f"session {session.name!r} already exists")
+            self._sessions[session.name] = session
+            return session
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name.strip() or len(name) > 128 or "/" in name or "#" in name:
+        raise ValueError(f"session names are 1-128 characters without '/' or '#', got {name!r}")
 
 
 class Session:
@@ -109,6 +122,16 @@ class Session:
             if role is not None:
                 self.transcript.turns.append(Turn(role, text))
             return fed
+
+    def feed_ids(self, ids: list[int]) -> int:
+        """Append token ids to the stream (bounded forwards)."""
+        vocab = self.runtime.tokenizer.vocab_size
+        if any(not 0 <= i < vocab for i in ids):
+            raise ValueError(f"token ids must lie in [0, {vocab})")
+        with self.lock:
+            for a in range(0, len(ids), FEED_TOKENS):
+                self._forward(ids[a : a + FEED_TOKENS])
+            return len(ids)
 
     @torch.no_grad()
     def _forward(self, ids: list[int]) -> torch.Tensor:
@@ -195,6 +218,28 @@ class Session:
         finally:
             cancel.cancel()
             await worker
+
+    # ---- forks and probes
+    def fork(self, new_name: str) -> Session:
+        """A new session of the runtime that starts from this one's current state."""
+        with self.lock:
+            return self.runtime._adopt(self._copy(new_name))
+
+    def _copy(self, name: str) -> Session:
+        copy = Session(self.runtime, name, self.state.clone())
+        copy.generator.set_state(self.generator.get_state())
+        copy.transcript = Transcript([Turn(t.role, t.text) for t in self.transcript.turns])
+        return copy
+
+    def probe(self, suite) -> ProbeReport:
+        """Run a probe suite (a ProbeSuite, a TOML path or a shipped suite's name), each probe on its
+        own fork of the current state: this session is not changed."""
+        if not isinstance(suite, ProbeSuite):
+            suite = load_suite(suite)
+        with self.lock:  # held only while copying: probes do not block the live session
+            base = self._copy(f"{self.name}#probe")
+        results = tuple(run_probe(base._copy(base.name), p, suite, i) for i, p in enumerate(suite.probes))
+        return ProbeReport(suite.name, results, suite.threshold)
 
     # ---- state
     def stats(self) -> dict:

@@ -145,3 +145,37 @@ def test_bad_input_is_named_and_memory_is_kept(runtime):
         runtime.session("a/b")
     with pytest.raises(FileNotFoundError, match="no default model"):
         Runtime.load()
+
+
+def _state_bytes(session):
+    return [t.clone() for layer in session.state.layers for t in layer.tensors().values()]
+
+
+def test_probe_leaves_the_live_session_bit_identical(runtime):
+    from agent.probes import parse_suite
+
+    s = runtime.session("probed")
+    s.feed("My locker code is 4471. " * 3, role="user")
+    before, pos, rng, turns = _state_bytes(s), s.tokens_seen, s.generator.get_state(), len(s.transcript.turns)
+    suite = parse_suite(
+        {"probe": [{"fact": "My code is 12.", "question": "Code?", "expect": "12", "distance": 300},
+                   {"fact": "It is blue.", "question": "Color?", "expect_regex": "bl.e", "distance": 0}],
+         "max_tokens": 6}
+    )  # fmt: skip
+    report = s.probe(suite)
+    assert [r.distance for r in report.results] == [300, 0] and 0 <= report.accuracy <= 1
+    after = _state_bytes(s)
+    assert s.tokens_seen == pos and len(s.transcript.turns) == turns
+    assert torch.equal(s.generator.get_state(), rng)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_fork_starts_from_the_current_state_and_diverges(runtime):
+    s = runtime.session("origin")
+    s.feed("shared prefix of the stream")
+    f = s.fork("origin-fork")
+    assert f.tokens_seen == s.tokens_seen and runtime.session("origin-fork") is f
+    f.feed("only in the fork")
+    assert f.tokens_seen > s.tokens_seen
+    with pytest.raises(ValueError, match="already exists"):
+        s.fork("origin-fork")
