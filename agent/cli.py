@@ -77,6 +77,38 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.probes import load_suite
+    from agent.session import Runtime
+
+    try:
+        suite = load_suite(args.suite)
+        runtime = Runtime.load(args.model)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ovq probe: {e}", file=sys.stderr)
+        return 2
+    report = runtime.session(args.session).probe(suite)
+    table = Table(title=f"{report.suite}: {report.accuracy:.0%} (threshold {report.threshold:.0%})")
+    for col in ("fact", "distance", "expected", "answered", "hit"):
+        table.add_column(col, overflow="fold")
+    for r in report.results:
+        table.add_row(r.fact, str(r.distance), r.expected, r.answered, "yes" if r.hit else "no")
+    Console(stderr=bool(args.json == "-")).print(table)
+    if args.json:
+        text = json.dumps(report.to_dict(), indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text + "\n")
+    return 0 if report.passed else 1
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.suite == "memory":
         from memory import bench
@@ -117,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=10**6, help="first example seed (training uses others)")
     ev.add_argument("--json", help="also write the result to this file")
     ev.set_defaults(func=_eval)
+
+    probe = sub.add_parser(
+        "probe",
+        help="run a recall probe suite on a fork of a session (exit 1 below the suite's threshold)",
+    )
+    probe.add_argument("suite", help="a suite TOML file, or a shipped suite name (e.g. basic)")
+    probe.add_argument("--model", help="model directory (default: the shipped model)")
+    probe.add_argument("--session", default="default", help="session to fork (a fresh one if new)")
+    probe.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    probe.set_defaults(func=_probe)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench.add_argument(

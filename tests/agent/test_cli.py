@@ -1,0 +1,60 @@
+"""The `ovq` command line: help everywhere, clear errors, probe exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from agent.checkpoint import save_model
+from agent.cli import main
+from agent.model import HybridLM, ModelConfig
+from agent.tokenizer import Tokenizer
+
+COMMANDS = ["chat", "train", "eval", "probe", "bench"]
+
+
+@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+def test_every_help_works(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0 and "usage: ovq" in capsys.readouterr().out
+
+
+def test_version_and_the_console_script():
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("ovq ")
+
+
+def test_chat_says_plainly_what_is_missing(capsys):
+    assert main(["chat"]) == 2
+    assert "not available yet" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tok = Tokenizer.train(["My locker code is 4471. What is my locker code?"] * 50, vocab_size=300)
+    torch.manual_seed(0)
+    return str(
+        save_model(HybridLM(ModelConfig.preset("tiny", tok.vocab_size)), tok, tmp_path_factory.mktemp("m"))
+    )
+
+
+def test_probe_writes_json_and_exits_by_threshold(model_dir, tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text(
+        'threshold = 0.0\nmax_tokens = 4\n'
+        '[[probe]]\nfact = "a"\nquestion = "b"\nexpect = "c"\ndistance = 10\n'
+    )
+    out = tmp_path / "r.json"
+    assert main(["probe", str(suite), "--model", model_dir, "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["results"][0]["distance"] == 10
+    suite.write_text(suite.read_text().replace("threshold = 0.0", "threshold = 1.0"))
+    assert main(["probe", str(suite), "--model", model_dir]) == 1  # a random model misses
+    assert main(["probe", "no-such-suite", "--model", model_dir]) == 2
+
+
+def test_eval_needs_a_model(capsys):
+    assert main(["eval", "recall"]) == 2
+    assert "pass --model" in capsys.readouterr().err
