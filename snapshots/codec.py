@@ -1,0 +1,383 @@
+"""Msgpack codec for session snapshots: tensors as raw little-endian bytes, strict decoding, migrations.
+
+A snapshot is a model fingerprint, a stream position, a tree of layer states and JSON-like metadata.
+Both trees share one grammar: None, bool, int, float, str, bytes, list, dict with str keys, and
+torch.Tensor leaves. `encode` gives one blob; `encode_parts` splits the state into one part per
+top-level entry (per element for a top-level list, e.g. one per layer) so that a content-addressed
+store keeps a single copy of parts that did not change. `decode` reads either form. Never pickle.
+The wire format is described in snapshots/README.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import torch
+
+from snapshots.errors import ChecksumError, CorruptSnapshot, FingerprintMismatch, VersionError
+from snapshots.frame import DIGEST_SIZE, Frame, frame, unframe, unpack
+
+if sys.byteorder != "little":  # tensor bytes are written as they lie in memory
+    raise ImportError("snapshots.codec assumes a little-endian host")
+
+CURRENT_VERSION = 1
+MAX_BYTES = 1 << 32  # default decode limit for one snapshot, all parts together
+MAX_DEPTH = 64  # nesting of dicts/lists; deeper trees are malformed, and recursion stays bounded
+MAX_NDIM = 16
+
+MAGIC = b"OVQS"
+KIND_SNAPSHOT = 1  # a whole snapshot, or the envelope of a split one
+KIND_PART = 2  # one subtree of a split snapshot's state
+ENVELOPE = "snapshot"  # the part name of the envelope in `encode_parts` output
+
+_EXT_TENSOR = 1
+_EXT_PART_REF = 2
+_PAYLOAD_KEYS = ("fingerprint", "position", "state", "meta")
+_TENSOR_KEYS = {"dtype", "shape", "data", "crc"}
+_FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """One session state. `state` and `meta` are trees (see module docstring); `version` is the format
+    version, always CURRENT_VERSION for snapshots that were encoded or decoded (after migrations)."""
+
+    fingerprint: str
+    position: int
+    state: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    version: int = CURRENT_VERSION
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """A tensor as stored: dtype name, shape, raw little-endian bytes and their CRC-32.
+
+    This is what migrations see in place of tensors; they may return records or torch tensors.
+    """
+
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+    crc: int
+
+    @classmethod
+    def from_tensor(cls, t: torch.Tensor, path: str = "tensor") -> TensorRecord:
+        name = _DTYPE_NAMES.get(t.dtype)
+        if name is None:
+            raise TypeError(f"{path}: unsupported dtype {t.dtype} (supported: {', '.join(DTYPES)})")
+        if t.layout != torch.strided:
+            raise TypeError(f"{path}: only dense (strided) tensors can be encoded, got {t.layout}")
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        data = flat.view(torch.uint8).numpy().tobytes()
+        return cls(name, tuple(t.shape), data, zlib.crc32(data))
+
+    def to_tensor(self) -> torch.Tensor:
+        """A fresh, writable, contiguous tensor with exactly the stored bits."""
+        dtype = DTYPES[self.dtype]
+        if not self.data:  # frombuffer refuses empty buffers
+            return torch.empty(self.shape, dtype=dtype)
+        # bytearray: the tensor owns a private, writable copy instead of aliasing the blob.
+        return torch.frombuffer(bytearray(self.data), dtype=dtype).reshape(self.shape)
+
+
+@dataclass(frozen=True)
+class _PartRef:
+    name: str
+    digest: bytes  # the SHA-256 trailer of the part's frame
+
+
+@dataclass(frozen=True)
+class _Ext:
+    """A msgpack extension as parsed; `_resolve` turns it into a TensorRecord or a part."""
+
+    code: int
+    data: bytes
+
+
+# -- migrations -----------------------------------------------------------------------------------
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+_MIGRATIONS: dict[int, Migration] = {}
+
+
+def migration(from_version: int) -> Callable[[Migration], Migration]:
+    """Register `fn(payload) -> payload` upgrading a decoded payload from `from_version` to the next.
+
+    The payload is a dict with keys fingerprint, position, state, meta; tensors are TensorRecords.
+    """
+
+    def register(fn: Migration) -> Migration:
+        if not 0 <= from_version < CURRENT_VERSION:
+            raise ValueError(f"migration from v{from_version}: must be in [0, {CURRENT_VERSION})")
+        if from_version in _MIGRATIONS:
+            raise ValueError(f"a migration from v{from_version} is already registered")
+        _MIGRATIONS[from_version] = fn
+        return fn
+
+    return register
+
+
+def _check_version(version: int, what: str) -> None:
+    if version > CURRENT_VERSION:
+        raise VersionError(
+            f"{what}: format v{version} is newer than this ovq (it reads up to v{CURRENT_VERSION})"
+        )
+    missing = [v for v in range(version, CURRENT_VERSION) if v not in _MIGRATIONS]
+    if missing:
+        raise VersionError(f"{what}: format v{version} is too old: no migration from v{missing[0]}")
+
+
+# -- encoding -------------------------------------------------------------------------------------
+
+
+def encode(snap: Snapshot) -> bytes:
+    """One self-contained blob (header, msgpack body, SHA-256 trailer)."""
+    return encode_raw(_payload(snap), version=CURRENT_VERSION)
+
+
+def encode_parts(snap: Snapshot) -> dict[str, bytes]:
+    """Named blobs: an envelope ("snapshot") plus one part per top-level state entry, one per element
+    when that entry is a list. Identical subtrees give identical bytes, so a store dedupes them."""
+    payload = _payload(snap)
+    parts: dict[str, bytes] = {}
+
+    def split(name: str, subtree: Any) -> _PartRef:
+        if name in parts:
+            raise ValueError(f"state keys collide on part name {name!r}")
+        body = msgpack.packb(_pack(subtree, name, 1), use_bin_type=True)
+        parts[name] = frame(MAGIC, CURRENT_VERSION, KIND_PART, body)
+        return _PartRef(name, parts[name][-DIGEST_SIZE:])
+
+    skeleton: dict[str, Any] = {}
+    for key, value in snap.state.items():
+        if isinstance(value, list):
+            skeleton[key] = [split(f"state.{key}[{i}]", item) for i, item in enumerate(value)]
+        else:
+            skeleton[key] = split(f"state.{key}", value)
+    parts[ENVELOPE] = encode_raw({**payload, "state": skeleton}, version=CURRENT_VERSION)
+    return parts
+
+
+def encode_raw(payload: dict[str, Any], *, version: int) -> bytes:
+    """Frame a plain payload at any format version, without checking it. For tests and migration tools."""
+    body = msgpack.packb(_pack(payload, "payload", 0), use_bin_type=True)
+    return frame(MAGIC, version, KIND_SNAPSHOT, body)
+
+
+def _payload(snap: Snapshot) -> dict[str, Any]:
+    if snap.version != CURRENT_VERSION:
+        raise ValueError(f"can only encode format v{CURRENT_VERSION}, not v{snap.version}")
+    if not isinstance(snap.fingerprint, str) or not _FINGERPRINT.fullmatch(snap.fingerprint):
+        raise ValueError(f"fingerprint must be 1-128 lowercase hex digits, got {snap.fingerprint!r}")
+    if type(snap.position) is not int or snap.position < 0:
+        raise ValueError(f"position must be an int >= 0, got {snap.position!r}")
+    if not isinstance(snap.state, dict) or not isinstance(snap.meta, dict):
+        raise TypeError("state and meta must be dicts")
+    return {
+        "fingerprint": snap.fingerprint,
+        "position": snap.position,
+        "state": snap.state,
+        "meta": snap.meta,
+    }
+
+
+def _pack(node: Any, path: str, depth: int) -> Any:
+    """Check the tree grammar and swap tensors (and part refs) for msgpack extensions."""
+    if depth > MAX_DEPTH:
+        raise TypeError(f"{path}: nested deeper than {MAX_DEPTH}")
+    kind = type(node)
+    if node is None or kind in (bool, float, str, bytes):
+        return node
+    if kind is int:
+        if not -(1 << 63) <= node < 1 << 64:
+            raise TypeError(f"{path}: int {node} does not fit in 64 bits")
+        return node
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if type(k) is not str:
+                raise TypeError(f"{path}: map keys must be str, got {type(k).__name__} {k!r}")
+            out[k] = _pack(v, f"{path}.{k}", depth + 1)
+        return out
+    if isinstance(node, list):
+        return [_pack(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node)]
+    if isinstance(node, torch.Tensor):
+        node = TensorRecord.from_tensor(node, path)
+    if isinstance(node, TensorRecord):
+        fields = {"dtype": node.dtype, "shape": list(node.shape), "data": node.data, "crc": node.crc}
+        return msgpack.ExtType(_EXT_TENSOR, msgpack.packb(fields, use_bin_type=True))
+    if isinstance(node, _PartRef):
+        return msgpack.ExtType(_EXT_PART_REF, msgpack.packb([node.name, node.digest], use_bin_type=True))
+    hint = " (use a list)" if kind is tuple else ""
+    raise TypeError(
+        f"{path}: cannot encode {kind.__name__}{hint}; allowed: None, bool, int, float, str, bytes, "
+        "list, dict with str keys, torch.Tensor"
+    )
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+
+def decode(
+    data: bytes | Mapping[str, bytes],
+    *,
+    expect_fingerprint: str | None = None,
+    max_bytes: int = MAX_BYTES,
+) -> Snapshot:
+    """Read what `encode` (bytes) or `encode_parts` (a mapping) wrote, verifying every checksum.
+
+    Raises a SnapshotError subclass: CorruptSnapshot (truncated or malformed), ChecksumError,
+    VersionError (newer than CURRENT_VERSION, or no migration path), FingerprintMismatch (when
+    `expect_fingerprint` is given and differs). Nothing is materialised before all checks pass.
+    """
+    parts = dict(data) if isinstance(data, Mapping) else {ENVELOPE: data}
+    total = sum(len(b) for b in parts.values() if isinstance(b, (bytes, bytearray, memoryview)))
+    if total > max_bytes:
+        raise CorruptSnapshot(f"snapshot is {total} bytes, over the max_bytes limit of {max_bytes}")
+    if ENVELOPE not in parts:
+        raise CorruptSnapshot(f"no {ENVELOPE!r} part among {sorted(parts)}")
+    env = _unframe(parts[ENVELOPE], "snapshot", KIND_SNAPSHOT)
+    _check_version(env.version, "snapshot")
+    used: set[str] = set()
+
+    def load_part(ref: _PartRef, depth: int) -> Any:
+        blob = parts.get(ref.name)
+        if blob is None:
+            raise CorruptSnapshot(f"part {ref.name!r} is missing")
+        part = _unframe(blob, f"part {ref.name!r}", KIND_PART)
+        if part.digest != ref.digest:
+            raise ChecksumError(f"part {ref.name!r} is not the one this snapshot was saved with")
+        if part.version != env.version:
+            raise CorruptSnapshot(f"part {ref.name!r} is format v{part.version}, its snapshot v{env.version}")
+        used.add(ref.name)
+        return _resolve(_parse(part.body, f"part {ref.name!r}"), ref.name, depth, None)
+
+    payload = _resolve(_parse(env.body, "snapshot"), "payload", 0, load_part)
+    unused = set(parts) - used - {ENVELOPE}
+    if unused:
+        raise CorruptSnapshot(f"parts not referenced by the snapshot: {sorted(unused)}")
+    for v in range(env.version, CURRENT_VERSION):
+        payload = _MIGRATIONS[v](payload)
+    snap = _check_payload(payload)
+    if expect_fingerprint is not None and snap.fingerprint != expect_fingerprint:
+        raise FingerprintMismatch(
+            f"snapshot was made by model {snap.fingerprint[:16]}, this model is {expect_fingerprint[:16]}"
+        )
+    state = _materialise(snap.state, "state")
+    meta = _materialise(snap.meta, "meta")
+    return Snapshot(snap.fingerprint, snap.position, state, meta)
+
+
+def _unframe(blob: Any, what: str, kind: int) -> Frame:
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        raise CorruptSnapshot(f"{what}: expected bytes, got {type(blob).__name__}")
+    f = unframe(blob, MAGIC, what)
+    if f.kind != kind:
+        raise CorruptSnapshot(f"{what}: frame kind {f.kind}, expected {kind}")
+    return f
+
+
+def _parse(body: memoryview, what: str) -> Any:
+    def ext_hook(code: int, data: bytes) -> _Ext:
+        if code not in (_EXT_TENSOR, _EXT_PART_REF):
+            raise CorruptSnapshot(f"{what}: unknown extension type {code}")
+        return _Ext(code, data)
+
+    return unpack(body, what, ext_hook)
+
+
+def _resolve(node: Any, path: str, depth: int, load_part: Callable[[_PartRef, int], Any] | None) -> Any:
+    """Validate a parsed tree; turn extensions into checked TensorRecords, and part refs into the
+    parts' trees (`load_part`; None where refs are not allowed)."""
+    if depth > MAX_DEPTH:
+        raise CorruptSnapshot(f"{path}: nested deeper than {MAX_DEPTH}")
+    kind = type(node)
+    if node is None or kind in (bool, int, float, str, bytes):
+        return node
+    if kind is dict:
+        if not all(type(k) is str for k in node):
+            raise CorruptSnapshot(f"{path}: map keys must be str")
+        return {k: _resolve(v, f"{path}.{k}", depth + 1, load_part) for k, v in node.items()}
+    if kind is list:
+        return [_resolve(v, f"{path}[{i}]", depth + 1, load_part) for i, v in enumerate(node)]
+    if kind is _Ext and node.code == _EXT_TENSOR:
+        return _read_tensor(node.data, path)
+    if kind is _Ext and node.code == _EXT_PART_REF:
+        if load_part is None:
+            raise CorruptSnapshot(f"{path}: part reference where none may be")
+        ref = unpack(node.data, f"{path} (part reference)")
+        if not (type(ref) is list and len(ref) == 2 and type(ref[0]) is str and type(ref[1]) is bytes):
+            raise CorruptSnapshot(f"{path}: malformed part reference")
+        return load_part(_PartRef(ref[0], ref[1]), depth)
+    raise CorruptSnapshot(f"{path}: unexpected {kind.__name__} value")
+
+
+def _read_tensor(data: bytes, path: str) -> TensorRecord:
+    m = unpack(data, f"{path} (tensor)")
+    if type(m) is not dict or m.keys() != _TENSOR_KEYS:
+        raise CorruptSnapshot(f"{path}: a tensor must be a map with keys {sorted(_TENSOR_KEYS)}")
+    dtype, shape, raw, crc = m["dtype"], m["shape"], m["data"], m["crc"]
+    if type(dtype) is not str or dtype not in DTYPES:
+        raise CorruptSnapshot(f"{path}: unknown dtype {dtype!r}")
+    if type(shape) is not list or len(shape) > MAX_NDIM or any(type(d) is not int or d < 0 for d in shape):
+        raise CorruptSnapshot(f"{path}: bad shape {shape!r}")
+    if type(raw) is not bytes or type(crc) is not int:
+        raise CorruptSnapshot(f"{path}: tensor data must be bytes and crc an int")
+    expected = math.prod(shape) * DTYPES[dtype].itemsize
+    if len(raw) != expected:
+        raise CorruptSnapshot(f"{path}: {dtype}{shape} needs {expected} bytes, got {len(raw)}")
+    if zlib.crc32(raw) != crc:
+        raise ChecksumError(f"{path}: tensor CRC-32 mismatch")
+    return TensorRecord(dtype, tuple(shape), raw, crc)
+
+
+def _check_payload(payload: Any) -> Snapshot:
+    if type(payload) is not dict or sorted(payload) != sorted(_PAYLOAD_KEYS):
+        keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise CorruptSnapshot(f"payload must be a map with keys {list(_PAYLOAD_KEYS)}, got {keys}")
+    fp, pos, state, meta = (payload[k] for k in _PAYLOAD_KEYS)
+    if type(fp) is not str or not _FINGERPRINT.fullmatch(fp):
+        raise CorruptSnapshot(f"fingerprint must be 1-128 lowercase hex digits, got {fp!r:.40}")
+    if type(pos) is not int or pos < 0:
+        raise CorruptSnapshot(f"position must be an int >= 0, got {pos!r:.40}")
+    if type(state) is not dict or type(meta) is not dict:
+        raise CorruptSnapshot("state and meta must be maps")
+    return Snapshot(fp, pos, state, meta)
+
+
+def _materialise(node: Any, path: str, depth: int = 0) -> Any:
+    """TensorRecords -> tensors; also re-checks the grammar, since migrations may have rebuilt the tree."""
+    if depth > MAX_DEPTH:
+        raise CorruptSnapshot(f"{path}: nested deeper than {MAX_DEPTH}")
+    kind = type(node)
+    if node is None or kind in (bool, int, float, str, bytes):
+        return node
+    if kind is dict and all(type(k) is str for k in node):
+        return {k: _materialise(v, f"{path}.{k}", depth + 1) for k, v in node.items()}
+    if kind is list:
+        return [_materialise(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node)]
+    if kind is TensorRecord:
+        return node.to_tensor()
+    if isinstance(node, torch.Tensor):  # produced by a migration
+        return TensorRecord.from_tensor(node, path).to_tensor()
+    raise CorruptSnapshot(f"{path}: unexpected {kind.__name__} value")
