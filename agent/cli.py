@@ -88,11 +88,12 @@ def _probe(args: argparse.Namespace) -> int:
 
     try:
         suite = load_suite(args.suite)
-        runtime = Runtime.load(args.model)
+        runtime = Runtime.load(args.model, args.store)
+        session = runtime.session(args.session)
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq probe: {e}", file=sys.stderr)
         return 2
-    report = runtime.session(args.session).probe(suite)
+    report = session.probe(suite)
     table = Table(title=f"{report.suite}: {report.accuracy:.0%} (threshold {report.threshold:.0%})")
     for col in ("fact", "distance", "expected", "answered", "hit"):
         table.add_column(col, overflow="fold")
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("suite", help="a suite TOML file, or a shipped suite name (e.g. basic)")
     probe.add_argument("--model", help="model directory (default: the shipped model)")
     probe.add_argument("--session", default="default", help="session to fork (a fresh one if new)")
+    probe.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     probe.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
     probe.set_defaults(func=_probe)
 

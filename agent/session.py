@@ -21,12 +21,15 @@ import torch
 from agent.checkpoint import LoadedModel, load_model
 from agent.generate import CancelToken, SamplingConfig, generate_tokens, stream_text
 from agent.model import ModelState
+from agent.persist import default_store_path, make_snapshot, restore_state
 from agent.probes import ProbeReport, ProbeSuite, load_suite, run_probe
 from agent.tasks.base import TURN_SEP
 from agent.text import clean, segments
 from agent.tokenizer import ASSISTANT, END, USER
 from memory import OVQState
 from memory.stats import memory_stats
+from snapshots import CorruptSnapshot, SnapshotError, decode, encode_parts
+from snapshots.store import SnapshotInfo, SnapshotStore
 
 FEED_TOKENS = 2048  # tokens per forward while feeding: bounds activation memory for any input size
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
@@ -48,30 +51,40 @@ class Transcript:
 class Runtime:
     """A loaded model (shared by all its sessions) and, later, a snapshot store."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        self.loaded = loaded
+    def __init__(self, loaded: LoadedModel, store: SnapshotStore | None = None) -> None:
+        self.loaded, self.store = loaded, store
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.fingerprint = loaded.fingerprint
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, model: str | Path | LoadedModel | None = None, store=None) -> Runtime:
-        """The model at `model` (a directory from `ovq train`), or the shipped default model."""
-        if isinstance(model, LoadedModel):
-            return cls(model)
-        path = Path(model) if model is not None else DEFAULT_MODEL_DIR
-        if model is None and not (path / "model.safetensors").is_file():
-            raise FileNotFoundError(
-                "no default model is shipped in this build yet; pass a model directory from `ovq train`"
-            )
-        return cls(load_model(path))
+    def load(
+        cls, model: str | Path | LoadedModel | None = None, store: str | Path | SnapshotStore | None = None
+    ) -> Runtime:
+        """The model at `model` (a directory from `ovq train`) or the shipped default model, and the
+        snapshot store at `store` (default: $OVQ_STORE or the user data directory)."""
+        if not isinstance(model, LoadedModel):
+            path = Path(model) if model is not None else DEFAULT_MODEL_DIR
+            if model is None and not (path / "model.safetensors").is_file():
+                raise FileNotFoundError(
+                    "no default model is shipped in this build yet; pass a model directory from `ovq train`"
+                )
+            model = load_model(path)
+        if not isinstance(store, SnapshotStore):
+            store = SnapshotStore(store if store is not None else default_store_path())
+        return cls(model, store)
 
     def session(self, name: str) -> Session:
-        """The session `name` (one object per name in this runtime)."""
+        """The session `name` (one object per name in this runtime), resumed from its latest snapshot
+        when the store has one."""
         _check_name(name)
         with self._lock:
             if name not in self._sessions:
-                self._sessions[name] = Session(self, name)
+                session = Session(self, name)
+                if self.store is not None and name in self.store.sessions():
+                    session._restore(self.store.head(name).id)
+                self._sessions[name] = session
             return self._sessions[name]
 
     def _adopt(self, session: Session) -> Session:
@@ -98,6 +111,7 @@ class Session:
         self.transcript = Transcript()
         self.lock = threading.RLock()
         self._last_token: int | None = None
+        self.snapshot_id: int | None = None  # the snapshot this session was last saved to or restored from
 
     @property
     def tokens_seen(self) -> int:
@@ -170,11 +184,14 @@ class Session:
         """A chat turn: the user's message, then the assistant's reply (returned)."""
         message = self._check_text(message, allow_empty=False)
         with self.lock:
+            self.feed_ids(self.runtime.tokenizer.encode(f"{USER}{message}{END}{TURN_SEP}"))
             self.transcript.turns.append(Turn("user", message))
+            if self.runtime.store is not None:
+                self.save()  # the user's turn is durable before the reply starts
             pieces: list[str] = []
             self._last_token = None
             try:
-                for piece in self.stream(f"{USER}{message}{END}{TURN_SEP}{ASSISTANT}", sampling, cancel):
+                for piece in self.stream(ASSISTANT, sampling, cancel):
                     pieces.append(piece)
             finally:
                 answer = "".join(pieces)
@@ -219,11 +236,63 @@ class Session:
             cancel.cancel()
             await worker
 
+    # ---- snapshots
+    def save(self, label: str | None = None) -> SnapshotInfo:
+        """Snapshot the whole session (every layer, sampler RNG, transcript) into the store."""
+        store = self._store()
+        with self.lock:
+            snap = make_snapshot(
+                self.runtime.fingerprint, self.state, self.runtime.model.config.kinds,
+                self.generator.get_state(), self.transcript.turns,
+            )  # fmt: skip
+            info = store.save(
+                self.name, encode_parts(snap), meta={"tokens_seen": self.state.pos}, label=label
+            )
+            self.snapshot_id = info.id
+            return info
+
+    def rollback(self, snapshot_id: int) -> None:
+        """Return to an earlier snapshot of this session (it becomes the head)."""
+        store = self._store()
+        with self.lock:
+            if store.show(snapshot_id).session != self.name:
+                raise ValueError(f"snapshot {snapshot_id} belongs to another session, not {self.name!r}")
+            self._restore(snapshot_id)
+            store.rollback(self.name, snapshot_id)
+
+    def _restore(self, snapshot_id: int) -> None:
+        """Decode and build the whole state, then swap it in: a failure changes nothing."""
+        _, data = self._store().load(snapshot_id)
+        try:
+            snap = decode(data, expect_fingerprint=self.runtime.fingerprint)
+            state = restore_state(snap.state, self.runtime.model)
+            rng = snap.state.get("rng")
+            turns = [Turn(str(r), str(t)) for r, t in snap.meta.get("transcript", [])]
+            generator = torch.Generator().manual_seed(0)
+            generator.set_state(rng)
+        except SnapshotError as e:
+            raise type(e)(f"snapshot {snapshot_id} of session {self.name!r}: {e}") from None
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise CorruptSnapshot(f"snapshot {snapshot_id} of session {self.name!r}: {e}") from None
+        self.state, self.generator, self.transcript = state, generator, Transcript(turns)
+        self.snapshot_id = snapshot_id
+
+    def _store(self) -> SnapshotStore:
+        if self.runtime.store is None:
+            raise ValueError("this runtime has no snapshot store")
+        return self.runtime.store
+
     # ---- forks and probes
     def fork(self, new_name: str) -> Session:
-        """A new session of the runtime that starts from this one's current state."""
+        """A new session of the runtime that starts from this one's current state (saved under the
+        new name when there is a store; unchanged layers share blobs with earlier snapshots)."""
         with self.lock:
-            return self.runtime._adopt(self._copy(new_name))
+            if self.runtime.store is not None and new_name in self.runtime.store.sessions():
+                raise ValueError(f"session {new_name!r} already exists in the store")
+            fork = self.runtime._adopt(self._copy(new_name))
+        if self.runtime.store is not None:
+            fork.save()
+        return fork
 
     def _copy(self, name: str) -> Session:
         copy = Session(self.runtime, name, self.state.clone())

@@ -48,11 +48,12 @@ def test_probe_writes_json_and_exits_by_threshold(model_dir, tmp_path):
         '[[probe]]\nfact = "a"\nquestion = "b"\nexpect = "c"\ndistance = 10\n'
     )
     out = tmp_path / "r.json"
-    assert main(["probe", str(suite), "--model", model_dir, "--json", str(out)]) == 0
+    store = ["--store", str(tmp_path / "store")]
+    assert main(["probe", str(suite), "--model", model_dir, "--json", str(out), *store]) == 0
     assert json.loads(out.read_text())["results"][0]["distance"] == 10
     suite.write_text(suite.read_text().replace("threshold = 0.0", "threshold = 1.0"))
-    assert main(["probe", str(suite), "--model", model_dir]) == 1  # a random model misses
-    assert main(["probe", "no-such-suite", "--model", model_dir]) == 2
+    assert main(["probe", str(suite), "--model", model_dir, *store]) == 1  # a random model misses
+    assert main(["probe", "no-such-suite", "--model", model_dir, *store]) == 2
 
 
 def test_eval_needs_a_model(capsys):

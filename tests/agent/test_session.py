@@ -20,7 +20,7 @@ def runtime(tmp_path_factory):
     torch.manual_seed(0)
     model = HybridLM(ModelConfig.preset("tiny", tok.vocab_size))
     path = save_model(model, tok, tmp_path_factory.mktemp("model"))
-    return Runtime.load(path)
+    return Runtime.load(path, store=tmp_path_factory.mktemp("store"))
 
 
 def test_feeding_in_bounded_pieces_equals_one_forward(runtime, monkeypatch):
