@@ -110,6 +110,90 @@ def _probe(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _feed(args: argparse.Namespace) -> int:
+    import io
+    import os
+
+    from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from agent.session import Runtime
+
+    try:
+        runtime = Runtime.load(args.model, args.store)
+        session = runtime.session(args.session)
+        raw = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    except (FileNotFoundError, ValueError, OSError) as e:
+        print(f"ovq feed: {e}", file=sys.stderr)
+        return 2
+    size = None if args.file == "-" else os.path.getsize(args.file)
+    # invalid UTF-8 is replaced, never fatal; reading in blocks keeps memory constant for any input
+    text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+    fed = since_save = 0
+    columns = (
+        TextColumn("feed"),
+        BarColumn(),
+        TransferSpeedColumn(),
+        TextColumn("{task.fields[tokens]:,} tokens"),
+    )
+    with raw, Progress(*columns, disable=args.quiet) as bar:
+        task = bar.add_task("feed", total=size, tokens=0)
+        while block := text.read(FEED_BLOCK_CHARS):
+            n = session.feed(block, role=args.role) if args.role else session.feed(block)
+            fed, since_save = fed + n, since_save + n
+            bar.update(task, completed=raw.tell() if size else None, tokens=fed)
+            if since_save >= args.save_every:
+                session.save()
+                since_save = 0
+    if fed == 0:
+        print("ovq feed: the input was empty; nothing was fed", file=sys.stderr)
+        return 2
+    if since_save or args.label or session.snapshot_id is None:
+        session.save(label=args.label)
+    total = session.tokens_seen
+    print(f"fed {fed:,} tokens into {session.name!r} ({total:,} in all); snapshot {session.snapshot_id}")
+    return 0
+
+
+FEED_BLOCK_CHARS = 1 << 20
+
+
+def _snapshots(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from agent.persist import default_store_path
+    from snapshots import SnapshotError
+    from snapshots.store import SnapshotStore
+
+    store = SnapshotStore(args.store or default_store_path())
+    try:
+        if args.action == "list":
+            rows = store.list(args.session)
+            for info in rows:
+                label = f"  [{info.label}]" if info.label else ""
+                size = f"{info.tokens_seen:>12,} tokens  {info.nbytes:>12,} B"
+                print(f"{info.id:>6}  {info.session:<24} {size}{label}")
+            if not rows:
+                print("no snapshots", file=sys.stderr)
+        elif args.action == "show":
+            print(json.dumps(asdict(store.show(args.id)), indent=2, default=str))
+        elif args.action == "export":
+            print(store.export(args.id, args.path))
+        elif args.action == "import":
+            info = store.import_(args.path, session=args.session)
+            print(f"imported as snapshot {info.id} of session {info.session!r}")
+        elif args.action == "rm":
+            store.delete(args.id)
+            freed = store.gc()
+            print(
+                f"deleted snapshot {args.id}; freed {freed.blobs_removed} blobs ({freed.bytes_freed:,} bytes)"
+            )
+    except (SnapshotError, KeyError, OSError) as e:
+        print(f"ovq snapshots: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.suite == "memory":
         from memory import bench
@@ -161,6 +245,34 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     probe.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
     probe.set_defaults(func=_probe)
+
+    feed = sub.add_parser("feed", help="stream a file (or - for stdin) of any size into a session, then save")
+    feed.add_argument("file", help="text file, or - for standard input")
+    feed.add_argument("--session", default="default")
+    feed.add_argument("--model", help="model directory (default: the shipped model)")
+    feed.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
+    feed.add_argument(
+        "--role", choices=["user", "observation"], help="wrap each block as a turn of this role"
+    )
+    feed.add_argument("--label", help="label of the final snapshot (kept by retention)")
+    feed.add_argument("--save-every", type=int, default=100_000, help="also save every this many tokens")
+    feed.add_argument("--quiet", action="store_true", help="no progress bar")
+    feed.set_defaults(func=_feed)
+
+    snaps = sub.add_parser("snapshots", help="list, show, export, import or remove snapshots")
+    snaps.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
+    acts = snaps.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = acts.add_parser("list", help="snapshots, newest last")
+    ls.add_argument("--session", help="only this session")
+    acts.add_parser("show", help="one snapshot's record").add_argument("id", type=int)
+    ex = acts.add_parser("export", help="write one snapshot as a single portable file")
+    ex.add_argument("id", type=int)
+    ex.add_argument("path")
+    im = acts.add_parser("import", help="import a portable file as a new snapshot")
+    im.add_argument("path")
+    im.add_argument("--session", help="session to import into (default: the exported one)")
+    acts.add_parser("rm", help="delete a snapshot and free unreferenced blobs").add_argument("id", type=int)
+    snaps.set_defaults(func=_snapshots)
 
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench.add_argument(

@@ -12,7 +12,7 @@ from agent.cli import main
 from agent.model import HybridLM, ModelConfig
 from agent.tokenizer import Tokenizer
 
-COMMANDS = ["chat", "train", "eval", "probe", "bench"]
+COMMANDS = ["chat", "train", "eval", "probe", "feed", "snapshots", "bench"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
@@ -44,7 +44,7 @@ def model_dir(tmp_path_factory):
 def test_probe_writes_json_and_exits_by_threshold(model_dir, tmp_path):
     suite = tmp_path / "s.toml"
     suite.write_text(
-        'threshold = 0.0\nmax_tokens = 4\n'
+        "threshold = 0.0\nmax_tokens = 4\n"
         '[[probe]]\nfact = "a"\nquestion = "b"\nexpect = "c"\ndistance = 10\n'
     )
     out = tmp_path / "r.json"
@@ -59,3 +59,29 @@ def test_probe_writes_json_and_exits_by_threshold(model_dir, tmp_path):
 def test_eval_needs_a_model(capsys):
     assert main(["eval", "recall"]) == 2
     assert "pass --model" in capsys.readouterr().err
+
+
+def test_feed_then_snapshots_list_show_export_import_rm(model_dir, tmp_path, capsys):
+    store = ["--store", str(tmp_path / "store")]
+    text = tmp_path / "notes.txt"
+    text.write_bytes(b"The staging key is 7F3A. " * 400 + b"caf\xe9\n")  # invalid UTF-8 is replaced
+    assert main(["feed", str(text), "--model", model_dir, "--session", "notes", "--quiet", *store]) == 0
+    assert "into 'notes'" in capsys.readouterr().out
+    assert main(["snapshots", *store, "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "notes" in listing and listing.count("\n") == 1
+    assert main(["snapshots", *store, "show", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["session"] == "notes"
+    exported = tmp_path / "one.ovq"
+    assert main(["snapshots", *store, "export", "1", str(exported)]) == 0
+    assert main(["snapshots", *store, "import", str(exported), "--session", "copy"]) == 0
+    assert main(["snapshots", *store, "rm", "1"]) == 0
+    capsys.readouterr()
+    assert main(["snapshots", *store, "list", "--session", "copy"]) == 0
+    assert "copy" in capsys.readouterr().out
+    assert main(["snapshots", *store, "show", "99"]) == 2
+    assert "no snapshot 99" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["feed", str(empty), "--model", model_dir, *store]) == 2
+    assert main(["feed", str(tmp_path / "missing.txt"), "--model", model_dir, *store]) == 2
