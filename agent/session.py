@@ -182,6 +182,14 @@ class Session:
         self, message: str, sampling: SamplingConfig | None = None, cancel: CancelToken | None = None
     ) -> str:
         """A chat turn: the user's message, then the assistant's reply (returned)."""
+        return "".join(self.reply_stream(message, sampling, cancel))
+
+    def reply_stream(
+        self, message: str, sampling: SamplingConfig | None = None, cancel: CancelToken | None = None
+    ) -> Iterator[str]:
+        """A chat turn, streamed. The user's turn is committed (saved) before the first piece; the
+        assistant's turn is closed and recorded however the stream ends (done, cancelled, closed).
+        Iterate it in one thread: it holds the session's lock until it ends."""
         message = self._check_text(message, allow_empty=False)
         with self.lock:
             self.feed_ids(self.runtime.tokenizer.encode(f"{USER}{message}{END}{TURN_SEP}"))
@@ -193,11 +201,10 @@ class Session:
             try:
                 for piece in self.stream(ASSISTANT, sampling, cancel):
                     pieces.append(piece)
+                    yield piece
             finally:
-                answer = "".join(pieces)
-                self.transcript.turns.append(Turn("assistant", answer))
+                self.transcript.turns.append(Turn("assistant", "".join(pieces)))
                 self._close_turn()
-            return answer
 
     def _close_turn(self) -> None:
         """End the assistant turn as training data does: `<|end|>` (unless generated) and a newline."""

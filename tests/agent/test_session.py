@@ -179,3 +179,13 @@ def test_fork_starts_from_the_current_state_and_diverges(runtime):
     assert f.tokens_seen > s.tokens_seen
     with pytest.raises(ValueError, match="already exists"):
         s.fork("origin-fork")
+
+
+def test_reply_stream_streams_and_closing_it_still_closes_the_turn(runtime):
+    s = runtime.session("streamed")
+    gen = s.reply_stream("tell me", SamplingConfig(max_tokens=30, temperature=1.0))
+    first = next(gen, None)
+    gen.close()
+    assert first is None or isinstance(first, str)
+    assert [t.role for t in s.transcript.turns] == ["user", "assistant"]
+    assert s.reply("next", SamplingConfig(max_tokens=2)) is not None  # the session is usable again
