@@ -195,6 +195,15 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.suite in ("session", "snapshots"):
+        from agent import bench as runtime_bench
+
+        try:
+            runtime_bench.main(args.suite, args.rest)
+        except FileNotFoundError as e:
+            print(f"ovq bench {args.suite}: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.suite == "memory":
         from memory import bench
     else:
@@ -277,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench.add_argument(
         "suite",
-        choices=["memory", "kernels"],
-        help="memory: the OVQ op vs full attention; kernels: chunk read vs SDPA, fold share of a chunk step",
+        choices=["memory", "kernels", "session", "snapshots"],
+        help="memory: the OVQ op vs full attention; kernels: chunk read vs SDPA and the fold's share; "
+        "session: a 1M-token soak; snapshots: save/restore vs raw LMDB",
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite (see its --help)")
     bench.set_defaults(func=_bench)

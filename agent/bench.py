@@ -1,0 +1,151 @@
+"""Runtime benchmarks, printed as JSON: `ovq bench session` (soak) and `ovq bench snapshots`.
+
+Timings are ratios measured in one run (per-token time late versus early in a stream; codec versus
+raw LMDB on the same bytes); absolute numbers depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import torch
+
+from agent.session import Runtime
+from agent.tasks import make_task
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _token_pool(runtime: Runtime, n: int, seed: int = 0) -> list[int]:
+    task, pool, i = make_task("memory_dialogue"), [], 0
+    while len(pool) < n:
+        pool += runtime.tokenizer.encode(task(seed + i).text)
+        i += 1
+    return pool[:n]
+
+
+def session_soak(runtime: Runtime, total: int = 1_000_000, segment: int = 100_000, early: int = 8192) -> dict:
+    """Feed `total` tokens through a fresh session; per segment: tokens/s, RSS and state bytes."""
+    s = runtime.session(f"bench-soak-{os.getpid()}-{time.time_ns()}")
+    pool = _token_pool(runtime, min(total, 200_000))
+    feed_chunk = 2048
+
+    def feed(n: int) -> float:
+        t0, done = time.perf_counter(), 0
+        while done < n:
+            k = min(feed_chunk, n - done)
+            start = (s.tokens_seen + done) % len(pool)
+            ids = (pool + pool)[start : start + k] if start + k > len(pool) else pool[start : start + k]
+            s.feed_ids(ids)
+            done += k
+        return time.perf_counter() - t0
+
+    early_s = feed(early) / early  # seconds per token at the start of the stream
+    rows = []
+    while s.tokens_seen < total:
+        n = min(segment, total - s.tokens_seen)
+        dt = feed(n)
+        rows.append(
+            {
+                "tokens_seen": s.tokens_seen,
+                "tokens_per_s": n / dt,
+                "rss_bytes": _rss_bytes(),
+                "state_bytes": s.state.nbytes,
+            }
+        )
+    late_s = 1 / rows[-1]["tokens_per_s"]
+    rss_100k = next((r["rss_bytes"] for r in rows if r["tokens_seen"] >= 100_000), rows[0]["rss_bytes"])
+    return {
+        "benchmark": "session",
+        "model_fingerprint": runtime.fingerprint,
+        "threads": torch.get_num_threads(),
+        "segments": rows,
+        "per_token_time_ratio_end_vs_first_8k": late_s / early_s,
+        "rss_growth_from_100k": rows[-1]["rss_bytes"] / rss_100k - 1,
+        "state_bytes_constant": len({r["state_bytes"] for r in rows}) == 1,
+        "targets": {"per_token_time_ratio_end_vs_first_8k": "<= 1.2", "rss_growth_from_100k": "<= 0.05"},
+    }
+
+
+def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 10) -> dict:
+    """Save + restore of a session's state through the codec and store, beside raw LMDB put/get of
+    the same bytes."""
+    import lmdb
+
+    from snapshots import encode_parts
+
+    s = runtime.session(f"bench-snap-{os.getpid()}-{time.time_ns()}")
+    s.feed_ids(_token_pool(runtime, tokens))
+    save_ms, restore_ms = [], []
+    for _ in range(repeats):
+        s.feed_ids(runtime.tokenizer.encode(" tick"))  # a new state each time: nothing deduplicates
+        t0 = time.perf_counter()
+        info = s.save()
+        t1 = time.perf_counter()
+        s._restore(info.id)
+        t2 = time.perf_counter()
+        save_ms.append(1e3 * (t1 - t0))
+        restore_ms.append(1e3 * (t2 - t1))
+    from agent.persist import make_snapshot
+
+    parts = encode_parts(
+        make_snapshot(runtime.fingerprint, s.state, runtime.model.config.kinds, s.generator.get_state(), [])
+    )
+    nbytes = sum(map(len, parts.values()))
+    with tempfile.TemporaryDirectory() as d:
+        env = lmdb.open(d, map_size=1 << 30)
+        put_ms, get_ms = [], []
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            with env.begin(write=True) as txn:
+                for name, blob in parts.items():
+                    txn.put(f"{i}/{name}".encode(), blob)
+            t1 = time.perf_counter()
+            with env.begin() as txn:
+                _ = [bytes(txn.get(f"{i}/{name}".encode())) for name in parts]
+            t2 = time.perf_counter()
+            put_ms.append(1e3 * (t1 - t0))
+            get_ms.append(1e3 * (t2 - t1))
+        env.close()
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    save, restore, raw = med(save_ms), med(restore_ms), med(put_ms) + med(get_ms)
+    return {
+        "benchmark": "snapshots",
+        "state_bytes": s.state.nbytes,
+        "snapshot_bytes": nbytes,
+        "save_ms": save,
+        "restore_ms": restore,
+        "save_plus_restore_ms": save + restore,
+        "save_MB_per_s": nbytes / 1e6 / (save / 1e3),
+        "restore_MB_per_s": nbytes / 1e6 / (restore / 1e3),
+        "raw_lmdb_put_plus_get_ms": raw,
+        "codec_overhead_vs_raw": (save + restore) / raw,
+        "targets": {"save_plus_restore_ms": "<= 50", "codec_overhead_vs_raw": "<= 2"},
+    }
+
+
+def main(suite: str, argv=None) -> None:
+    p = argparse.ArgumentParser(prog=f"ovq bench {suite}", description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="model directory (default: the shipped model)")
+    p.add_argument("--store", help="snapshot store (default: a temporary one)")
+    if suite == "session":
+        p.add_argument("--tokens", type=int, default=1_000_000)
+        p.add_argument("--segment", type=int, default=100_000)
+    else:
+        p.add_argument("--tokens", type=int, default=20_000, help="tokens fed before saving")
+        p.add_argument("--repeats", type=int, default=10)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        runtime = Runtime.load(args.model, args.store or tmp)
+        if suite == "session":
+            result = session_soak(runtime, args.tokens, min(args.segment, args.tokens))
+        else:
+            result = snapshot_bench(runtime, args.tokens, args.repeats)
+    print(json.dumps(result, indent=2))
