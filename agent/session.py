@@ -31,6 +31,7 @@ from memory.stats import memory_stats
 from snapshots import CorruptSnapshot, SnapshotError, decode, encode_parts
 from snapshots.store import SnapshotInfo, SnapshotStore
 
+KEEP_LAST = 32  # snapshots kept per session, besides labelled ones
 FEED_TOKENS = 2048  # tokens per forward while feeding: bounds activation memory for any input size
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
@@ -51,8 +52,12 @@ class Transcript:
 class Runtime:
     """A loaded model (shared by all its sessions) and, later, a snapshot store."""
 
-    def __init__(self, loaded: LoadedModel, store: SnapshotStore | None = None) -> None:
-        self.loaded, self.store = loaded, store
+    def __init__(
+        self, loaded: LoadedModel, store: SnapshotStore | None = None, keep_last: int = KEEP_LAST
+    ) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last must be >= 1, got {keep_last}")
+        self.loaded, self.store, self.keep_last = loaded, store, keep_last
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.fingerprint = loaded.fingerprint
         self._sessions: dict[str, Session] = {}
@@ -60,10 +65,14 @@ class Runtime:
 
     @classmethod
     def load(
-        cls, model: str | Path | LoadedModel | None = None, store: str | Path | SnapshotStore | None = None
+        cls,
+        model: str | Path | LoadedModel | None = None,
+        store: str | Path | SnapshotStore | None = None,
+        keep_last: int = KEEP_LAST,
     ) -> Runtime:
         """The model at `model` (a directory from `ovq train`) or the shipped default model, and the
-        snapshot store at `store` (default: $OVQ_STORE or the user data directory)."""
+        snapshot store at `store` (default: $OVQ_STORE or the user data directory). Each session
+        keeps its last `keep_last` snapshots plus every labelled one."""
         if not isinstance(model, LoadedModel):
             path = Path(model) if model is not None else DEFAULT_MODEL_DIR
             if model is None and not (path / "model.safetensors").is_file():
@@ -73,7 +82,7 @@ class Runtime:
             model = load_model(path)
         if not isinstance(store, SnapshotStore):
             store = SnapshotStore(store if store is not None else default_store_path())
-        return cls(model, store)
+        return cls(model, store, keep_last)
 
     def session(self, name: str) -> Session:
         """The session `name` (one object per name in this runtime), resumed from its latest snapshot
@@ -256,6 +265,9 @@ class Session:
                 self.name, encode_parts(snap), meta={"tokens_seen": self.state.pos}, label=label
             )
             self.snapshot_id = info.id
+            # retention: a chat saves every turn, so keep the last K (and labelled ones), free the rest
+            if store.prune(self.name, self.runtime.keep_last):
+                store.gc()
             return info
 
     def rollback(self, snapshot_id: int) -> None:

@@ -133,3 +133,19 @@ def test_fork_shares_blobs_and_reply_commits_the_user_turn_first(tmp_path):
     first = rt.store.list("branch")[1]  # saved after the user's turn, before the answer
     snap = decode(rt.store.load(first.id)[1])
     assert snap.meta["transcript"][-1] == ["user", "what did I say?"]
+
+
+def test_retention_keeps_the_last_k_and_labelled_snapshots_and_frees_blobs(tmp_path):
+    rt = Runtime.load(model_dir(tmp_path), store=tmp_path / "store", keep_last=3)
+    s = rt.session("long-chat")
+    s.feed("start")
+    s.save(label="pinned")
+    for i in range(8):
+        s.feed(f" turn {i}")
+        s.save()
+    infos = rt.store.list("long-chat")
+    assert [i.label for i in infos].count("pinned") == 1 and len(infos) == 4  # pinned + last 3
+    assert infos[-1].id == s.snapshot_id == rt.store.head("long-chat").id
+    assert rt.store.blob_count() <= sum(len(i.parts) for i in infos)  # pruned snapshots' blobs are freed
+    with pytest.raises(ValueError, match="keep_last"):
+        Runtime.load(model_dir(tmp_path), store=tmp_path / "store", keep_last=0)
