@@ -72,7 +72,7 @@ class Runtime:
     ) -> Runtime:
         """The model at `model` (a directory from `ovq train`) or the shipped default model, and the
         snapshot store at `store` (default: $OVQ_STORE or the user data directory). Each session
-        keeps its last `keep_last` snapshots plus every labelled one."""
+        keeps at least its last `keep_last` snapshots (pruned in batches) plus every labelled one."""
         if not isinstance(model, LoadedModel):
             path = Path(model) if model is not None else DEFAULT_MODEL_DIR
             if model is None and not (path / "model.safetensors").is_file():
@@ -121,6 +121,7 @@ class Session:
         self.lock = threading.RLock()
         self._last_token: int | None = None
         self.snapshot_id: int | None = None  # the snapshot this session was last saved to or restored from
+        self._saves = 2 * self.runtime.keep_last  # snapshots possibly held since the last prune: unknown
 
     @property
     def tokens_seen(self) -> int:
@@ -265,9 +266,13 @@ class Session:
                 self.name, encode_parts(snap), meta={"tokens_seen": self.state.pos}, label=label
             )
             self.snapshot_id = info.id
-            # retention: a chat saves every turn, so keep the last K (and labelled ones), free the rest
-            if store.prune(self.name, self.runtime.keep_last):
-                store.gc()
+            # retention in batches (one prune per K/4 saves): at least the last K stay, plus labelled ones
+            keep = self.runtime.keep_last
+            self._saves += 1
+            if self._saves >= keep + max(1, keep // 4):
+                if store.prune(self.name, keep):
+                    store.gc()
+                self._saves = keep
             return info
 
     def rollback(self, snapshot_id: int) -> None:
@@ -281,7 +286,7 @@ class Session:
 
     def _restore(self, snapshot_id: int) -> None:
         """Decode and build the whole state, then swap it in: a failure changes nothing."""
-        _, data = self._store().load(snapshot_id)
+        _, data = self._store().load(snapshot_id, verify=False)  # decode verifies every frame's SHA-256
         try:
             snap = decode(data, expect_fingerprint=self.runtime.fingerprint)
             state = restore_state(snap.state, self.runtime.model)
