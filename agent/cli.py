@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from agent import __version__
 
 
 def _chat(args: argparse.Namespace) -> int:
-    print(
-        "ovq chat: not available yet. The terminal chat needs the hybrid model and its shipped default\n"
-        "weights (agent/), the Session runtime and the Textual app (tui/), which are not built yet.\n"
-        "What works today: the OVQ memory layer (`import memory`) and `ovq bench memory`.",
-        file=sys.stderr,
-    )
-    return 2
+    from tui.app import run
+
+    try:
+        return run(
+            args.model,
+            args.store,
+            args.session,
+            autosave_tokens=args.autosave_tokens,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        missing = args.model is None and isinstance(e, FileNotFoundError)  # no shipped default model yet
+        print(f"ovq chat: {'not available yet: ' if missing else ''}{e}", file=sys.stderr)
+        return 2
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -30,7 +39,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"ovq train: {e}", file=sys.stderr)
         return 2
     out = train(config)
-    print(f"model written to {out}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns here
+        print(f"model written to {out}")
     return 0
 
 
@@ -223,7 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal (Textual UI) on the default model")
     chat.add_argument("--session", default="default", help="session name (resumed if it exists)")
     chat.add_argument("--model", help="model directory (default: the shipped model)")
-    chat.add_argument("--store", help="snapshot store path (default: the user data directory)")
+    chat.add_argument("--store", help="snapshot store path (default: $OVQ_STORE or the user data directory)")
+    chat.add_argument(
+        "--autosave-tokens", type=int, default=4096, help="also save every this many tokens (0: only on quit)"
+    )
+    chat.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    chat.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens")
     chat.set_defaults(func=_chat)
 
     train = sub.add_parser(
