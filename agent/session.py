@@ -113,8 +113,11 @@ def _check_name(name: str) -> None:
 class Session:
     """One stream. All methods are safe from several threads (one writer at a time)."""
 
-    def __init__(self, runtime: Runtime, name: str, state: ModelState | None = None) -> None:
+    def __init__(
+        self, runtime: Runtime, name: str, state: ModelState | None = None, persist: bool = True
+    ) -> None:
         self.runtime, self.name = runtime, name
+        self.persist = persist and runtime.store is not None  # probe forks never touch the store
         self.state = state if state is not None else runtime.model.init_state(1)
         self.generator = torch.Generator().manual_seed(0)
         self.transcript = Transcript()
@@ -204,7 +207,7 @@ class Session:
         with self.lock:
             self.feed_ids(self.runtime.tokenizer.encode(f"{USER}{message}{END}{TURN_SEP}"))
             self.transcript.turns.append(Turn("user", message))
-            if self.runtime.store is not None:
+            if self.persist:
                 self.save()  # the user's turn is durable before the reply starts
             pieces: list[str] = []
             self._last_token = None
@@ -302,6 +305,8 @@ class Session:
         self.snapshot_id = snapshot_id
 
     def _store(self) -> SnapshotStore:
+        if not self.persist:
+            raise ValueError(f"session {self.name!r} does not persist (a probe fork, or no store)")
         if self.runtime.store is None:
             raise ValueError("this runtime has no snapshot store")
         return self.runtime.store
@@ -318,8 +323,8 @@ class Session:
             fork.save()
         return fork
 
-    def _copy(self, name: str) -> Session:
-        copy = Session(self.runtime, name, self.state.clone())
+    def _copy(self, name: str, persist: bool = True) -> Session:
+        copy = Session(self.runtime, name, self.state.clone(), persist)
         copy.generator.set_state(self.generator.get_state())
         copy.transcript = Transcript([Turn(t.role, t.text) for t in self.transcript.turns])
         return copy
@@ -330,8 +335,10 @@ class Session:
         if not isinstance(suite, ProbeSuite):
             suite = load_suite(suite)
         with self.lock:  # held only while copying: probes do not block the live session
-            base = self._copy(f"{self.name}#probe")
-        results = tuple(run_probe(base._copy(base.name), p, suite, i) for i, p in enumerate(suite.probes))
+            base = self._copy(f"{self.name}#probe", persist=False)
+        results = tuple(
+            run_probe(base._copy(base.name, persist=False), p, suite, i) for i, p in enumerate(suite.probes)
+        )
         return ProbeReport(suite.name, results, suite.threshold)
 
     # ---- state

@@ -165,6 +165,7 @@ def test_probe_leaves_the_live_session_bit_identical(runtime):
     report = s.probe(suite)
     assert [r.distance for r in report.results] == [300, 0] and 0 <= report.accuracy <= 1
     after = _state_bytes(s)
+    assert not any("#" in name for name in runtime.store.sessions())  # probe forks never persist
     assert s.tokens_seen == pos and len(s.transcript.turns) == turns
     assert torch.equal(s.generator.get_state(), rng)
     assert all(torch.equal(a, b) for a, b in zip(before, after))
