@@ -30,7 +30,8 @@ def _chat(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from agent.train import TrainConfig, train
+    from agent.train import train
+    from agent.train_config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     try:
@@ -47,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from dataclasses import MISSING, fields
 
-    from agent.train import TrainConfig
+    from agent.train_config import TrainConfig  # torch-free: every `ovq` command builds this parser
 
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -85,3 +85,9 @@ def test_feed_then_snapshots_list_show_export_import_rm(model_dir, tmp_path, cap
     empty.write_text("")
     assert main(["feed", str(empty), "--model", model_dir, *store]) == 2
     assert main(["feed", str(tmp_path / "missing.txt"), "--model", model_dir, *store]) == 2
+
+
+def test_the_cli_starts_without_importing_torch():
+    code = "import sys; from agent.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

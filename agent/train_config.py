@@ -1,0 +1,58 @@
+"""`ovq train`'s configuration, kept free of torch so that the CLI starts fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.tasks import BoundTask, make_task
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/model"
+    preset: str = "default"  # ModelConfig preset
+    tasks: str = "memory_dialogue:1"  # task mix "name[@preset]:weight,..."
+    steps: int = 1000
+    batch_size: int = 8  # global batch, in sequences
+    seq_len: int = 1024  # tokens per sequence (inputs)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    seed: int = 0
+    vocab_size: int = 4096  # tokenizer trained on task text when none is given
+    tokenizer: str | None = None  # path of a tokenizer.json to reuse
+    checkpoint_every: int = 200
+    stop_at: int | None = None  # checkpoint and stop after this step (jobs shorter than the run)
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True
+    log: str | None = None  # append one JSON line per step (step, loss, lr, tokens/s) to this file
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup >= 0 and self.grad_clip > 0):
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
+        if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
+            raise ValueError(f"stop_at must lie in [1, steps={self.steps}], got {self.stop_at}")
+        parse_mix(self.tasks)
+
+
+def parse_mix(spec: str) -> list[tuple[BoundTask, float]]:
+    """'memory_dialogue:3,icr@small:1' -> [(task, weight), ...]; a missing weight means 1."""
+    mix = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, weight = part.partition(":")
+        name, _, preset = name.partition("@")
+        try:
+            w = float(weight) if weight else 1.0
+        except ValueError:
+            raise ValueError(f"bad weight {weight!r} in task mix {spec!r}") from None
+        if not w > 0:
+            raise ValueError(f"task weights must be positive, got {w} for {name!r}")
+        mix.append((make_task(name, preset or "default"), w))
+    if not mix:
+        raise ValueError(f"empty task mix {spec!r}")
+    return mix
