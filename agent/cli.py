@@ -149,7 +149,7 @@ def _feed(args: argparse.Namespace) -> int:
     with raw, Progress(*columns, disable=args.quiet) as bar:
         task = bar.add_task("feed", total=size, tokens=0)
         while block := text.read(FEED_BLOCK_CHARS):
-            n = session.feed(block, role=args.role) if args.role else session.feed(block)
+            n = session.feed(block, role=args.role)
             fed, since_save = fed + n, since_save + n
             bar.update(task, completed=raw.tell() if size else None, tokens=fed)
             if since_save >= args.save_every:

@@ -86,12 +86,14 @@ def generate_tokens(
     device = model.embed.weight.device
     if not prompt:
         raise ValueError("generation needs a non-empty prompt")
-    logits, state = model(torch.tensor([prompt], device=device), state)
+    logits, state = model(torch.tensor([prompt], device=device), state, last_only=True)
     for _ in range(cfg.max_tokens):
         if cancel is not None and cancel.cancelled:
             return
         token = sample(logits[0, -1], cfg, generator)
-        logits, state = model(torch.tensor([[token]], device=device), state)  # consumed before yielded
+        logits, state = model(
+            torch.tensor([[token]], device=device), state, last_only=True
+        )  # fed, then yielded
         yield token
         if token in stop_tokens:
             return

@@ -168,9 +168,11 @@ class HybridLM(nn.Module):
         return ModelState([b.mixer.init_state(B, dtype=dtype, device=device) for b in self.blocks], 0)
 
     def forward(
-        self, tokens: torch.Tensor, state: ModelState | None = None
+        self, tokens: torch.Tensor, state: ModelState | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, ModelState]:
         """tokens [B, T] (int64) -> logits [B, T, V], state. Continues `state`'s stream if given.
+        `last_only` gives logits [B, 1, V] for the last position only: streaming needs no more, and
+        the vocabulary projection of every fed position would be wasted work.
 
         Always use the returned state. Without autograd it is the given state, updated in place;
         with autograd a new state is returned and the given one is left as it was."""
@@ -188,6 +190,8 @@ class HybridLM(nn.Module):
         for block, s in zip(self.blocks, state.layers):
             x, s = block(x, s)
             layers.append(s)
+        if last_only:
+            x = x[:, -1:]
         logits = F.linear(self.norm(x), self.embed.weight)  # tied embeddings
         if not any(new is old for new, old in zip(layers, state.layers)):
             return logits, ModelState(layers, state.pos + T)  # rebuilt (autograd): the given one is intact

@@ -140,12 +140,7 @@ class Session:
                 raise ValueError(f"role must be user, assistant or observation, got {role!r}")
             text = f"<|{role}|>{text}{END}{TURN_SEP}"
         with self.lock:
-            fed = 0
-            for part in segments(text):
-                ids = self.runtime.tokenizer.encode(part)
-                for a in range(0, len(ids), FEED_TOKENS):
-                    self._forward(ids[a : a + FEED_TOKENS])
-                fed += len(ids)
+            fed = sum(self.feed_ids(self.runtime.tokenizer.encode(part)) for part in segments(text))
             if role is not None:
                 self.transcript.turns.append(Turn(role, text))
             return fed
@@ -153,6 +148,7 @@ class Session:
     def feed_ids(self, ids: list[int]) -> int:
         """Append token ids to the stream (bounded forwards)."""
         vocab = self.runtime.tokenizer.vocab_size
+        # checked up front, not per forward: a bad id late in the list must not leave a half-fed stream
         if any(not 0 <= i < vocab for i in ids):
             raise ValueError(f"token ids must lie in [0, {vocab})")
         with self.lock:
@@ -162,8 +158,9 @@ class Session:
 
     @torch.no_grad()
     def _forward(self, ids: list[int]) -> torch.Tensor:
+        """Feed ids; the next-token logits after them, [1, 1, V]."""
         tokens = torch.tensor([ids], device=self.runtime.model.embed.weight.device)
-        logits, self.state = self.runtime.model(tokens, self.state)
+        logits, self.state = self.runtime.model(tokens, self.state, last_only=True)
         return logits
 
     # ---- generation

@@ -221,6 +221,8 @@ class OvqApp(App[int]):
         if not self.is_headless:  # a closed terminal or a kill ends the app normally: run() then saves
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGHUP, signal.SIGTERM):
+                # not every platform or loop supports this (Windows loops raise NotImplementedError, a
+                # non-main thread RuntimeError, SIGHUP is absent on Windows): then quit-time saving is all
                 with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
                     loop.add_signal_handler(sig, self.exit)
         self.sub_title = self.session_name

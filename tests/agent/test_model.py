@@ -138,3 +138,14 @@ def test_every_layer_kind_trains(layers):
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.25 * sum(losses[:5]) / 5, losses
+
+
+def test_last_only_logits_equal_the_last_row_and_advance_the_state_alike():
+    model = tiny("swa,ovq,linear")
+    tokens = torch.randint(0, V, (2, 21), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        full, a = model(tokens)
+        last, b = model(tokens, last_only=True)
+    assert last.shape == (2, 1, V)
+    torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-12)
+    assert a.pos == b.pos == 21
