@@ -248,8 +248,21 @@ async def test_input_history_and_observations(runtime):
         assert field.value == "draft"
 
 
+def test_escape_stops_a_long_reply_and_input_stays_live(runtime, monkeypatch):
+    # Every forward is made slow, so the reply is still streaming when the keys arrive however fast
+    # the machine (this ~1,100-token reply would otherwise end by itself in about a second).
+    forward = runtime.model.forward
+
+    def slow_forward(*args, **kwargs):
+        time.sleep(0.005)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(runtime.model, "forward", slow_forward)
+    _escape_stops_a_long_reply(runtime)
+
+
 @async_test
-async def test_escape_stops_a_long_reply_and_input_stays_live(runtime):
+async def _escape_stops_a_long_reply(runtime):
     app = make_app(runtime, "stop", sampling=SamplingConfig(temperature=1.0, max_tokens=5000))
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
