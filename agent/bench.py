@@ -1,4 +1,5 @@
-"""Runtime benchmarks, printed as JSON: `ovq bench session` (soak) and `ovq bench snapshots`.
+"""Runtime benchmarks, printed as JSON: `ovq bench session` (soak), `ovq bench snapshots` and `ovq bench
+speed` (prefill and generation tokens/s).
 
 Timings are ratios measured in one run (per-token time late versus early in a stream; codec versus
 raw LMDB on the same bytes); absolute numbers depend on the machine.
@@ -131,6 +132,40 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 10) ->
     }
 
 
+def speed_bench(runtime: Runtime, prefill: int = 16_384, generate: int = 256, repeats: int = 3) -> dict:
+    """Prefill tokens/s (a session fed `prefill` tokens in 2,048-token pieces) and generation tokens/s
+    (greedy, one token per forward, never stopping early), each the median of `repeats` runs on a
+    stream that already holds the prefill."""
+    from agent.generate import SamplingConfig, generate_tokens
+
+    pool = _token_pool(runtime, prefill)
+    s = runtime.session(f"bench-speed-{os.getpid()}-{time.time_ns()}")
+    s.feed_ids(pool[:2048])  # warm-up: first-call allocations are not part of the rate
+    prefill_tps, generate_tps = [], []
+    for _ in range(repeats):
+        state = runtime.model.init_state(1)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for a in range(0, prefill, 2048):
+                _, state = runtime.model(torch.tensor([pool[a : a + 2048]]), state, last_only=True)
+        prefill_tps.append(prefill / (time.perf_counter() - t0))
+        cfg = SamplingConfig(max_tokens=generate)
+        t0 = time.perf_counter()
+        n = sum(1 for _ in generate_tokens(runtime.model, state, pool[-1:], cfg, torch.Generator()))
+        generate_tps.append(n / (time.perf_counter() - t0))
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    return {
+        "benchmark": "speed",
+        "threads": torch.get_num_threads(),
+        "prefill_tokens": prefill,
+        "prefill_tokens_per_s": med(prefill_tps),
+        "generated_tokens": generate,
+        "generate_tokens_per_s": med(generate_tps),
+        "state_bytes": state.nbytes,
+        "targets": {"prefill_tokens_per_s": ">= 2000 (2-core CPU)", "generate_tokens_per_s": ">= 30"},
+    }
+
+
 def main(suite: str, argv=None) -> None:
     p = argparse.ArgumentParser(prog=f"ovq bench {suite}", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model directory (default: the shipped model)")
@@ -138,6 +173,10 @@ def main(suite: str, argv=None) -> None:
     if suite == "session":
         p.add_argument("--tokens", type=int, default=1_000_000)
         p.add_argument("--segment", type=int, default=100_000)
+    elif suite == "speed":
+        p.add_argument("--tokens", type=int, default=16_384, help="prefill tokens")
+        p.add_argument("--generate", type=int, default=256, help="generated tokens")
+        p.add_argument("--repeats", type=int, default=3)
     else:
         p.add_argument("--tokens", type=int, default=20_000, help="tokens fed before saving")
         p.add_argument("--repeats", type=int, default=10)
@@ -146,6 +185,8 @@ def main(suite: str, argv=None) -> None:
         runtime = Runtime.load(args.model, args.store or tmp)
         if suite == "session":
             result = session_soak(runtime, args.tokens, min(args.segment, args.tokens))
+        elif suite == "speed":
+            result = speed_bench(runtime, args.tokens, args.generate, args.repeats)
         else:
             result = snapshot_bench(runtime, args.tokens, args.repeats)
     print(json.dumps(result, indent=2))

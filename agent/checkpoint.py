@@ -18,6 +18,7 @@ from agent.model import HybridLM, ModelConfig
 from agent.tokenizer import Tokenizer
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"  # the shipped model (package data)
 
 
 @dataclass
@@ -51,9 +52,15 @@ def save_model(model: HybridLM, tokenizer: Tokenizer, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a model directory; raises FileNotFoundError / ValueError naming what is wrong."""
-    path = Path(path)
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model directory (None: the shipped default model); raises FileNotFoundError /
+    ValueError naming what is wrong."""
+    if path is None and not (DEFAULT_MODEL_DIR / WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"no default model in this installation ({DEFAULT_MODEL_DIR} lacks {WEIGHTS}); "
+            "pass a model directory from `ovq train`"
+        )
+    path = Path(DEFAULT_MODEL_DIR if path is None else path)
     for name in (WEIGHTS, CONFIG, TOKENIZER):
         if not (path / name).is_file():
             raise FileNotFoundError(f"model directory {path} lacks {name}")

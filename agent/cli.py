@@ -22,8 +22,7 @@ def _chat(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
         )
     except (FileNotFoundError, ValueError) as e:
-        missing = args.model is None and isinstance(e, FileNotFoundError)  # no shipped default model yet
-        print(f"ovq chat: {'not available yet: ' if missing else ''}{e}", file=sys.stderr)
+        print(f"ovq chat: {e}", file=sys.stderr)
         return 2
 
 
@@ -68,12 +67,6 @@ def _eval(args: argparse.Namespace) -> int:
     from agent.checkpoint import load_model
     from agent.evaluate import evaluate_recall
 
-    if args.model is None:
-        print(
-            "ovq eval: no default model is shipped yet; pass --model DIR (a directory from `ovq train`)",
-            file=sys.stderr,
-        )
-        return 2
     try:
         loaded = load_model(args.model)
         result = evaluate_recall(loaded.model, loaded.tokenizer, args.task, args.preset, args.n, args.seed)
@@ -206,7 +199,7 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    if args.suite in ("session", "snapshots"):
+    if args.suite in ("session", "snapshots", "speed"):
         from agent import bench as runtime_bench
 
         try:
@@ -252,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a model: exact-match recall by distance in tokens")
     ev.add_argument("what", choices=["recall"], help="recall: answers of fresh task examples")
-    ev.add_argument("--model", help="model directory (from `ovq train`)")
+    ev.add_argument("--model", help="model directory (default: the shipped model)")
     ev.add_argument("--task", default="memory_dialogue", help="icr | positional_icr | icl | memory_dialogue")
     ev.add_argument("--preset", default="default", help="task preset (e.g. default, train_4k, test_64k)")
     ev.add_argument("--n", type=int, default=20, help="examples")
@@ -302,9 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
     bench.add_argument(
         "suite",
-        choices=["memory", "kernels", "session", "snapshots"],
+        choices=["memory", "kernels", "session", "snapshots", "speed"],
         help="memory: the OVQ op vs full attention; kernels: chunk read vs SDPA and the fold's share; "
-        "session: a 1M-token soak; snapshots: save/restore vs raw LMDB",
+        "session: a 1M-token soak; snapshots: save/restore vs raw LMDB; speed: prefill and generation tok/s",
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite (see its --help)")
     bench.set_defaults(func=_bench)

@@ -83,7 +83,7 @@ PRESETS = {
         ovq=OVQConfig(chunk_size=8, capacity=24),
         full_context=512,
     ),
-    "default": lambda V: ModelConfig(V),
+    "default": lambda V: ModelConfig(V, d_model=192, ovq=OVQConfig(chunk_size=256, capacity=1024)),
     "base": lambda V: ModelConfig(
         V, d_model=768, n_heads=12, layers=",".join(["swa", "ovq"] * 6), window=512, ovq=OVQConfig(256, 1024)
     ),

@@ -33,7 +33,6 @@ from snapshots.store import SnapshotInfo, SnapshotStore
 
 KEEP_LAST = 32  # snapshots kept per session, besides labelled ones
 FEED_TOKENS = 2048  # tokens per forward while feeding: bounds activation memory for any input size
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 
 
 @dataclass
@@ -74,12 +73,7 @@ class Runtime:
         snapshot store at `store` (default: $OVQ_STORE or the user data directory). Each session
         keeps at least its last `keep_last` snapshots (pruned in batches) plus every labelled one."""
         if not isinstance(model, LoadedModel):
-            path = Path(model) if model is not None else DEFAULT_MODEL_DIR
-            if model is None and not (path / "model.safetensors").is_file():
-                raise FileNotFoundError(
-                    "no default model is shipped in this build yet; pass a model directory from `ovq train`"
-                )
-            model = load_model(path)
+            model = load_model(model)
         if not isinstance(store, SnapshotStore):
             store = SnapshotStore(store if store is not None else default_store_path())
         return cls(model, store, keep_last)

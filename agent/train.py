@@ -3,7 +3,9 @@
 Batches are a deterministic function of (seed, step): example i of step s is generated from
 derive_seed(seed, s * batch + i), and rank r of w takes examples r, r+w, ... of the global batch, so
 any number of processes trains on exactly the same data. The loss is the mean over the global batch
-of the tokens that carry loss (answer tokens where the task marks answers, else every token).
+of the tokens that carry loss (answer tokens where the task marks answers, else every token), plus
+`lm_weight` times the mean over every (non-padding) token: answers alone are a sparse signal, and
+predicting the rest teaches the chat format and copying.
 """
 
 from __future__ import annotations
@@ -108,16 +110,19 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         t0 = time.perf_counter()
         tokens, mask = make_batch(mix, tokenizer, cfg, step, rank, world)
         tokens, mask = tokens.to(device), mask.to(device)
-        count = mask.sum().float()
+        valid = tokens[:, 1:] != tokenizer.special[PAD]
+        counts = torch.stack([mask.sum(), valid.sum()]).float()
         if world > 1:
-            dist.all_reduce(count)
+            dist.all_reduce(counts)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast:
             logits, _ = net(tokens[:, :-1])
         nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
-        # sum over this rank's loss tokens / all ranks' count; DDP averages gradients over ranks
-        loss = (nll * mask.flatten()).sum() * world / count.clamp_min(1)
+        # sums over this rank's tokens / all ranks' counts; DDP averages gradients over ranks
+        loss = (nll * mask.flatten()).sum() * world / counts[0].clamp_min(1)
+        if cfg.lm_weight > 0:
+            loss = loss + cfg.lm_weight * (nll * valid.flatten()).sum() * world / counts[1].clamp_min(1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -20,6 +20,7 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    lm_weight: float = 0.0  # > 0: add this times the mean loss over every token to the answer loss
     seed: int = 0
     vocab_size: int = 4096  # tokenizer trained on task text when none is given
     tokenizer: str | None = None  # path of a tokenizer.json to reuse
@@ -35,6 +36,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup >= 0 and self.grad_clip > 0):
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
+        if not self.lm_weight >= 0:
+            raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise ValueError(f"stop_at must lie in [1, steps={self.steps}], got {self.stop_at}")
         parse_mix(self.tasks)

@@ -88,7 +88,20 @@ class MemoryDialogueConfig:
 
 PRESETS = {
     "default": MemoryDialogueConfig(),
+    "train_1k": MemoryDialogueConfig(  # dense: ~12 questions (~40 answer tokens) in ~1k tokens
+        num_facts=14, num_questions=12, min_distance=300, max_distance=3600, target_chars=4000
+    ),
     "train_4k": MemoryDialogueConfig(num_facts=6, num_questions=4, max_distance=12_000, target_chars=14_000),
+    # the default model's acceptance test: facts stated 2k-16k tokens (3.7-4 characters each with the
+    # default tokenizer) before their question, names and values from the test split
+    "test_2k_16k": MemoryDialogueConfig(
+        num_facts=8,
+        num_questions=6,
+        min_distance=8_000,
+        max_distance=58_000,
+        target_chars=62_000,
+        vocab_split="test",
+    ),
     "test_64k": MemoryDialogueConfig(
         num_facts=16,
         num_questions=8,

@@ -27,9 +27,10 @@ def test_version_and_the_console_script():
     assert out.returncode == 0 and out.stdout.startswith("ovq ")
 
 
-def test_chat_says_plainly_what_is_missing(capsys):
+def test_chat_without_the_default_model_says_what_is_missing(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("agent.checkpoint.DEFAULT_MODEL_DIR", tmp_path)  # an installation without it
     assert main(["chat"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert "no default model" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +57,18 @@ def test_probe_writes_json_and_exits_by_threshold(model_dir, tmp_path):
     assert main(["probe", "no-such-suite", "--model", model_dir, *store]) == 2
 
 
-def test_eval_needs_a_model(capsys):
+def test_eval_without_the_default_model_says_what_is_missing(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("agent.checkpoint.DEFAULT_MODEL_DIR", tmp_path)
     assert main(["eval", "recall"]) == 2
-    assert "pass --model" in capsys.readouterr().err
+    assert "no default model" in capsys.readouterr().err
+
+
+def test_bench_speed_reports_prefill_and_generation_rates(model_dir, capsys):
+    argv = ["bench", "speed", "--model", model_dir, "--tokens", "300", "--generate", "5", "--repeats", "1"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prefill_tokens"] == 300 and out["generated_tokens"] == 5
+    assert out["prefill_tokens_per_s"] > 0 and out["generate_tokens_per_s"] > 0 and out["state_bytes"] > 0
 
 
 def test_feed_then_snapshots_list_show_export_import_rm(model_dir, tmp_path, capsys):

@@ -126,7 +126,7 @@ def test_stats_report_memory_per_layer(runtime):
     assert ovq and ovq[0]["memory"]["tokens_seen"] == s.tokens_seen and st["kv_cache_bytes"] > 0
 
 
-def test_bad_input_is_named_and_memory_is_kept(runtime):
+def test_bad_input_is_named_and_memory_is_kept(runtime, tmp_path):
     s = runtime.session("bad")
     s.feed("keep this")
     kept = s.tokens_seen
@@ -143,8 +143,8 @@ def test_bad_input_is_named_and_memory_is_kept(runtime):
     assert s.tokens_seen > kept
     with pytest.raises(ValueError, match="session names"):
         runtime.session("a/b")
-    with pytest.raises(FileNotFoundError, match="no default model"):
-        Runtime.load()
+    with pytest.raises(FileNotFoundError, match="lacks model.safetensors"):
+        Runtime.load(str(tmp_path))
 
 
 def _state_bytes(session):

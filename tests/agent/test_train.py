@@ -53,20 +53,19 @@ def _ddp_worker(rank, world, port, cfg):
 
 def test_two_process_ddp_matches_one_process_on_the_same_global_batch(tmp_path, tokenizer_path):
     torch.set_num_threads(1)
-    single = train(config(tmp_path / "single", tokenizer_path))
+    # lm_weight > 0: both loss terms (answers, every token) are normalised over the global batch
+    single = train(config(tmp_path / "single", tokenizer_path, lm_weight=0.5))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, config(tmp_path / "ddp", tokenizer_path)), nprocs=2, join=True)
+    cfg = config(tmp_path / "ddp", tokenizer_path, lm_weight=0.5)
+    mp.spawn(_ddp_worker, args=(2, port, cfg), nprocs=2, join=True)
     a, b = weights(single), weights(tmp_path / "ddp")
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    for k in a:  # Adam amplifies float reordering in near-zero gradients: allow 3% of one lr step
+        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     torch.manual_seed(3)  # the config's seed: the initial weights
     init = HybridLM(ModelConfig.preset("tiny", Tokenizer.load(tokenizer_path).vocab_size)).state_dict()
     assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-3  # training really moved them
-    assert any(
-        not torch.equal(a[k], load_file(str(tmp_path / "ddp" / "model.safetensors"))[k]) or True for k in a
-    )
 
 
 def test_ranks_split_the_global_batch_exactly(tokenizer_path):
@@ -102,6 +101,8 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(tasks="poetry:1")
     with pytest.raises(ValueError, match="weights must be positive"):
         TrainConfig(tasks="icr:0")
+    with pytest.raises(ValueError, match="lm_weight"):
+        TrainConfig(lm_weight=-1.0)
     with pytest.raises(ValueError, match="stop_at"):
         TrainConfig(steps=3, stop_at=4)
     assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2
