@@ -33,6 +33,11 @@ def answer_records(example: Example) -> list[dict]:
             {"span": q["span"], "stated_end": q["value_end"], "asked": q["query_start"], "kind": "pair"}
             for q in meta["queries"]
         ]
+    if task == "recite":
+        return [
+            {"span": r["span"], "stated_end": r["note_end"], "asked": r["query_start"], "kind": "note"}
+            for r in meta["recitals"]
+        ]
     if task == "positional_icr":
         return [
             {"span": s, "stated_end": e, "asked": q["query_start"], "kind": f"value_{i}"}

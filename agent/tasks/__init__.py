@@ -6,7 +6,7 @@
     example = task(seed=0)            # or: for example in task.examples(seed=0): ...
 """
 
-from . import icl, icr, memory_dialogue, positional_icr
+from . import icl, icr, memory_dialogue, positional_icr, recite
 from .base import (
     ASSISTANT,
     END,
@@ -28,6 +28,7 @@ from .icl import ICLConfig
 from .icr import ICRConfig
 from .memory_dialogue import MemoryDialogueConfig
 from .positional_icr import PositionalICRConfig
+from .recite import ReciteConfig
 
 __all__ = [
     "ASSISTANT",
@@ -43,6 +44,7 @@ __all__ = [
     "ICRConfig",
     "MemoryDialogueConfig",
     "PositionalICRConfig",
+    "ReciteConfig",
     "answer_token_mask",
     "derive_seed",
     "fact_kinds",
@@ -52,5 +54,6 @@ __all__ = [
     "make_task",
     "memory_dialogue",
     "positional_icr",
+    "recite",
     "turn",
 ]

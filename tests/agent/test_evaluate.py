@@ -24,9 +24,9 @@ class Oracle(HybridLM):
         return torch.nn.functional.one_hot(torch.tensor([nxt]), logits.shape[-1]).float() * 100, state
 
 
-@pytest.mark.parametrize("task", ["icr", "positional_icr", "memory_dialogue"])
+@pytest.mark.parametrize("task", ["icr", "positional_icr", "memory_dialogue", "recite"])
 def test_an_oracle_recalls_everything_and_distances_are_in_tokens(task):
-    ex = make_task(task, "tiny" if task == "icr" else "default")(5)
+    ex = make_task(task, "tiny" if task in ("icr", "recite") else "default")(5)
     ids = [TOK.special["<|bos|>"], *TOK.encode(ex.text)]
     records = score_example(Oracle(ids), TOK, ex, chunk=97)  # chunks split answers and questions
     assert records and all(r["hit"] for r in records)

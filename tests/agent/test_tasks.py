@@ -15,6 +15,7 @@ from agent.tasks import (
     ICRConfig,
     MemoryDialogueConfig,
     PositionalICRConfig,
+    ReciteConfig,
     answer_token_mask,
     fact_kinds,
     iter_examples,
@@ -30,6 +31,7 @@ SMALL = {  # fast configs per task
     "positional_icr": {"num_keys": 12, "num_queries": 4},
     "icl": {"num_functions": 3, "examples_per_function": 5},
     "memory_dialogue": {"num_facts": 6, "num_questions": 4, "max_distance": 2000, "target_chars": 3000},
+    "recite": {"target_chars": 600},
 }
 
 
@@ -42,12 +44,19 @@ def recorded_answers(ex: Example) -> list[tuple[list[int], str]]:
         return [(s, v) for q in ex.meta["queries"] for s, v in zip(q["spans"], q["values"])]
     if task == "icl":
         return [(e["span"], " ".join(map(str, e["y"]))) for e in ex.meta["examples"]]
+    if task == "recite":
+        return [(r["span"], _note(ex.text, r["label"])) for r in ex.meta["recitals"]]
     return [(q["answer_span"], q["value"]) for q in ex.meta["questions"]]
+
+
+def _note(text: str, label: str) -> str:
+    """The note written under `label` (its first line starting with 'label: ')."""
+    return re.search(rf"^{re.escape(label)}: (.*)$", text, re.M).group(1)
 
 
 # --- registry and Example ------------------------------------------------------------------------------
 def test_registry_and_make_task():
-    assert set(TASKS) == {"icr", "positional_icr", "icl", "memory_dialogue"}
+    assert set(TASKS) == {"icr", "positional_icr", "icl", "memory_dialogue", "recite"}
     task = make_task("icr", num_pairs=7, num_queries=3)
     assert isinstance(task, BoundTask) and task.name == "icr"
     assert task.config == ICRConfig(num_pairs=7, num_queries=3)
@@ -344,6 +353,10 @@ def test_observations_and_self_facts_appear():
         (MemoryDialogueConfig, {"target_chars": 3000}, "shorter than max_distance"),
         (MemoryDialogueConfig, {"vocab_split": "dev"}, "vocab_split"),
         (MemoryDialogueConfig, {"observation_prob": 1.5}, "observation_prob"),
+        (ReciteConfig, {"min_words": 5, "max_words": 4}, "min_words=5 > max_words"),
+        (ReciteConfig, {"recite_fraction": 0.0}, "recite_fraction"),
+        (ReciteConfig, {"target_chars": 10}, "target_chars"),
+        (ReciteConfig, {"vocab_split": "dev"}, "vocab_split"),
     ],
 )
 def test_bad_configs_raise(cls, kwargs, match):
@@ -373,3 +386,23 @@ def test_subject_kind_pairs_are_unique_even_when_self_facts_run_out():
     pairs = {(f["subject"], f["kind"]) for f in facts}
     assert len(pairs) == len(facts) == n
     assert sum(f["subject"] == "user" for f in facts) == len(fact_kinds())
+
+
+# --- recite -------------------------------------------------------------------------------------------
+@given(seed=seeds)
+def test_recitals_repeat_an_earlier_note_under_its_label(seed):
+    ex = make_task("recite", target_chars=800)(seed)
+    labels = [r["label"] for r in ex.meta["recitals"]]
+    assert labels and len(set(labels)) == len(labels)
+    for r in ex.meta["recitals"]:
+        note_line = ex.text.rindex("\n", 0, r["note_end"]) + 1 if "\n" in ex.text[: r["note_end"]] else 0
+        assert ex.text[note_line : r["note_end"]] == f"{r['label']}: {ex.text[slice(*r['span'])]}"
+        assert ex.text[r["query_start"] :].startswith(f"Recite {r['label']}: ")
+        assert r["distance_chars"] == r["query_start"] - r["note_end"] > 0
+
+
+def test_recite_labels_come_from_the_chosen_split():
+    for split in P.SPLITS:
+        ex = make_task("recite", vocab_split=split)(3)
+        for r in ex.meta["recitals"]:
+            assert all(P.split_of(part) == split for part in r["label"].split())
