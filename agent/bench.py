@@ -75,35 +75,34 @@ def session_soak(runtime: Runtime, total: int = 1_000_000, segment: int = 100_00
     }
 
 
-def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 10) -> dict:
+def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 30) -> dict:
     """Save + restore of a session's state through the codec and store, beside raw LMDB put/get of
-    the same bytes."""
+    the same bytes. The two are interleaved in each repeat (fsync latency drifts with the disk, and
+    both must see the same drift); medians are reported."""
     import lmdb
 
+    from agent.persist import make_snapshot
     from snapshots import encode_parts
 
     s = runtime.session(f"bench-snap-{os.getpid()}-{time.time_ns()}")
     s.feed_ids(_token_pool(runtime, tokens))
-    save_ms, restore_ms = [], []
-    for _ in range(repeats):
-        s.feed_ids(runtime.tokenizer.encode(" tick"))  # a new state each time: nothing deduplicates
-        t0 = time.perf_counter()
-        info = s.save()
-        t1 = time.perf_counter()
-        s._restore(info.id)
-        t2 = time.perf_counter()
-        save_ms.append(1e3 * (t1 - t0))
-        restore_ms.append(1e3 * (t2 - t1))
-    from agent.persist import make_snapshot
-
-    parts = encode_parts(
-        make_snapshot(runtime.fingerprint, s.state, runtime.model.config.kinds, s.generator.get_state(), [])
-    )
-    nbytes = sum(map(len, parts.values()))
+    save_ms, restore_ms, put_ms, get_ms = [], [], [], []
     with tempfile.TemporaryDirectory() as d:
-        env = lmdb.open(d, map_size=1 << 30)
-        put_ms, get_ms = [], []
+        env = lmdb.open(d, map_size=1 << 34)
         for i in range(repeats):
+            s.feed_ids(runtime.tokenizer.encode(" tick"))  # a new state each time: nothing deduplicates
+            t0 = time.perf_counter()
+            info = s.save()
+            t1 = time.perf_counter()
+            s._restore(info.id)
+            t2 = time.perf_counter()
+            save_ms.append(1e3 * (t1 - t0))
+            restore_ms.append(1e3 * (t2 - t1))
+            parts = encode_parts(
+                make_snapshot(
+                    runtime.fingerprint, s.state, runtime.model.config.kinds, s.generator.get_state(), []
+                )
+            )
             t0 = time.perf_counter()
             with env.begin(write=True) as txn:
                 for name, blob in parts.items():
@@ -115,10 +114,12 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 10) ->
             put_ms.append(1e3 * (t1 - t0))
             get_ms.append(1e3 * (t2 - t1))
         env.close()
+    nbytes = sum(map(len, parts.values()))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     save, restore, raw = med(save_ms), med(restore_ms), med(put_ms) + med(get_ms)
     return {
         "benchmark": "snapshots",
+        "repeats": repeats,
         "state_bytes": s.state.nbytes,
         "snapshot_bytes": nbytes,
         "save_ms": save,
@@ -126,6 +127,8 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 10) ->
         "save_plus_restore_ms": save + restore,
         "save_MB_per_s": nbytes / 1e6 / (save / 1e3),
         "restore_MB_per_s": nbytes / 1e6 / (restore / 1e3),
+        "raw_lmdb_put_ms": med(put_ms),
+        "raw_lmdb_get_ms": med(get_ms),
         "raw_lmdb_put_plus_get_ms": raw,
         "codec_overhead_vs_raw": (save + restore) / raw,
         "targets": {"save_plus_restore_ms": "<= 50", "codec_overhead_vs_raw": "<= 2"},
@@ -179,7 +182,7 @@ def main(suite: str, argv=None) -> None:
         p.add_argument("--repeats", type=int, default=3)
     else:
         p.add_argument("--tokens", type=int, default=20_000, help="tokens fed before saving")
-        p.add_argument("--repeats", type=int, default=10)
+        p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         runtime = Runtime.load(args.model, args.store or tmp)

@@ -40,7 +40,10 @@ def restore_state(tree: dict, model: HybridLM) -> ModelState:
     layers = tree.get("layers") if isinstance(tree, dict) else None
     if not isinstance(layers, list) or len(layers) != len(kinds):
         raise CorruptSnapshot(f"snapshot has {len(layers or [])} layers, the model has {len(kinds)}")
-    fresh = model.init_state(1)
+    # shapes and dtypes from a storage-free template; the decoded tensors (fresh, private copies)
+    # become the new state's storage, so a restore allocates and copies nothing more
+    device = model.embed.weight.device
+    fresh = model.init_state(1, device="meta")
     for i, (kind, entry, s) in enumerate(zip(kinds, layers, fresh.layers)):
         if not isinstance(entry, dict) or entry.get("kind") != kind:
             raise CorruptSnapshot(f"layer {i}: snapshot kind {entry.get('kind')!r}, model kind {kind!r}")
@@ -51,7 +54,7 @@ def restore_state(tree: dict, model: HybridLM) -> ModelState:
                     f"layer {i} ({kind}) {name}: expected {t.dtype} {tuple(t.shape)}, snapshot has "
                     f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}"
                 )
-            t.copy_(got)
+            setattr(s, name, got.to(device))
         if isinstance(s, OVQState):
             s.size, s.seen = _int(entry, "size", i), _int(entry, "seen", i)
             try:

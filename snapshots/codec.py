@@ -11,17 +11,19 @@ The wire format is described in snapshots/README.md.
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import zlib
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import torch
 
-from snapshots.errors import ChecksumError, CorruptSnapshot, FingerprintMismatch, VersionError
+from snapshots.errors import ChecksumError, CorruptSnapshot, FingerprintMismatch, SnapshotError, VersionError
 from snapshots.frame import DIGEST_SIZE, Frame, frame, unframe, unpack
 
 if sys.byteorder != "little":  # tensor bytes are written as they lie in memory
@@ -159,23 +161,44 @@ def encode_parts(snap: Snapshot) -> dict[str, bytes]:
     """Named blobs: an envelope ("snapshot") plus one part per top-level state entry, one per element
     when that entry is a list. Identical subtrees give identical bytes, so a store dedupes them."""
     payload = _payload(snap)
-    parts: dict[str, bytes] = {}
+    named: dict[str, Any] = {}  # part name -> subtree
 
-    def split(name: str, subtree: Any) -> _PartRef:
-        if name in parts:
+    def split(name: str, subtree: Any) -> str:
+        if name in named:
             raise ValueError(f"state keys collide on part name {name!r}")
-        body = msgpack.packb(_pack(subtree, name, 1), use_bin_type=True)
-        parts[name] = frame(MAGIC, CURRENT_VERSION, KIND_PART, body)
+        named[name] = subtree
+        return name
+
+    layout = {
+        key: [split(f"state.{key}[{i}]", item) for i, item in enumerate(value)]
+        if isinstance(value, list)
+        else split(f"state.{key}", value)
+        for key, value in snap.state.items()
+    }
+
+    def encode_part(name: str) -> bytes:
+        body = msgpack.packb(_pack(named[name], name, 1), use_bin_type=True)
+        return frame(MAGIC, CURRENT_VERSION, KIND_PART, body)
+
+    # checksums and digests release the GIL: the parts are encoded on all cores at once
+    parts = dict(zip(named, _pool().map(encode_part, named)))
+
+    def ref(name: str) -> _PartRef:
         return _PartRef(name, parts[name][-DIGEST_SIZE:])
 
-    skeleton: dict[str, Any] = {}
-    for key, value in snap.state.items():
-        if isinstance(value, list):
-            skeleton[key] = [split(f"state.{key}[{i}]", item) for i, item in enumerate(value)]
-        else:
-            skeleton[key] = split(f"state.{key}", value)
+    skeleton = {k: [ref(n) for n in v] if isinstance(v, list) else ref(v) for k, v in layout.items()}
     parts[ENVELOPE] = encode_raw({**payload, "state": skeleton}, version=CURRENT_VERSION)
     return parts
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="ovq-codec")
+    return _POOL
 
 
 def encode_raw(payload: dict[str, Any], *, version: int) -> bytes:
@@ -272,7 +295,20 @@ def decode(
         used.add(ref.name)
         return _resolve(_parse(part.body, f"part {ref.name!r}"), ref.name, depth, None)
 
-    payload = _resolve(_parse(env.body, "snapshot"), "payload", 0, load_part)
+    # The envelope names the parts; they are then checked and read on all cores at once (SHA-256 and
+    # CRC-32 release the GIL). Errors are raised in the order the parts are referenced.
+    deferred: list[tuple[_PartRef, int]] = []
+
+    def defer(ref: _PartRef, depth: int) -> _Deferred:
+        deferred.append((ref, depth))
+        return _Deferred(len(deferred) - 1)
+
+    tree = _resolve(_parse(env.body, "snapshot"), "payload", 0, defer)
+    loaded = list(_pool().map(lambda item: _attempt(load_part, *item), deferred))
+    for value in loaded:
+        if isinstance(value, SnapshotError):
+            raise value
+    payload = _substitute(tree, loaded)
     unused = set(parts) - used - {ENVELOPE}
     if unused:
         raise CorruptSnapshot(f"parts not referenced by the snapshot: {sorted(unused)}")
@@ -286,6 +322,29 @@ def decode(
     state = _materialise(snap.state, "state")
     meta = _materialise(snap.meta, "meta")
     return Snapshot(snap.fingerprint, snap.position, state, meta)
+
+
+@dataclass(frozen=True)
+class _Deferred:
+    index: int  # into the list of loaded parts
+
+
+def _attempt(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except SnapshotError as e:  # handed back, raised by the caller in part order
+        return e
+
+
+def _substitute(node: Any, loaded: list[Any]) -> Any:
+    """The resolved tree with each deferred part replaced by its loaded tree."""
+    if type(node) is _Deferred:
+        return loaded[node.index]
+    if type(node) is dict:
+        return {k: _substitute(v, loaded) for k, v in node.items()}
+    if type(node) is list:
+        return [_substitute(v, loaded) for v in node]
+    return node
 
 
 def _unframe(blob: Any, what: str, kind: int) -> Frame:

@@ -46,6 +46,17 @@ def frame(magic: bytes, version: int, kind: int, body: bytes) -> bytes:
     return b"".join((header, body, h.digest()))
 
 
+def declared_digest(blob: bytes) -> bytes | None:
+    """The SHA-256 trailer of `blob` if it is shaped like a frame (any magic, length as its header
+    declares), else None. Unchecked: it is what the writer claims the bytes hash to."""
+    if len(blob) < HEADER_SIZE + DIGEST_SIZE:
+        return None
+    body_len = _HEADER.unpack_from(blob)[4]
+    if len(blob) != HEADER_SIZE + body_len + DIGEST_SIZE:
+        return None
+    return bytes(blob[-DIGEST_SIZE:])
+
+
 def unframe(blob: bytes, magic: bytes, what: str) -> Frame:
     """Check magic, length and digest; return the body as a zero-copy view. `what` prefixes messages."""
     n = len(blob)

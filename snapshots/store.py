@@ -22,7 +22,7 @@ import msgpack
 import platformdirs
 
 from snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotNotFound, VersionError
-from snapshots.frame import frame, unframe, unpack
+from snapshots.frame import DIGEST_SIZE, declared_digest, frame, unframe, unpack
 
 SCHEMA_VERSION = 1
 EXPORT_MAGIC = b"OVQX"
@@ -43,6 +43,21 @@ T = TypeVar("T")
 
 def default_path() -> Path:
     return Path(platformdirs.user_data_dir("ovq")) / "snapshots"
+
+
+def content_key(blob: bytes) -> bytes:
+    """The key a blob is stored under: its SHA-256. A frame (snapshots.frame) already ends in the
+    SHA-256 of everything before it, which identifies it as well; that trailer is the key as is, so
+    saving hashes each byte once (in the codec), not twice. A trailer that lies is caught wherever
+    blobs are checked (`key_matches`: load with verify, the codec's decode, import, overwrites)."""
+    return declared_digest(blob) or hashlib.sha256(blob).digest()
+
+
+def key_matches(blob: bytes, key: bytes) -> bool:
+    """Whether `blob` really has content key `key` (either form of `content_key`)."""
+    if len(key) == DIGEST_SIZE and declared_digest(blob) == key:
+        return hashlib.sha256(memoryview(blob)[:-DIGEST_SIZE]).digest() == key
+    return hashlib.sha256(blob).digest() == key
 
 
 @dataclass(frozen=True)
@@ -367,9 +382,13 @@ class SnapshotStore:
         rec["id"] = int.from_bytes(raw, "big") if raw else 1
         txn.put(_NEXT_ID, _id_key(rec["id"] + 1), db=e.db["meta"])
         for digest, blob in blobs.items():
-            # A stored blob with this key but other bytes was damaged; the new copy repairs it.
-            if txn.get(digest, db=e.db["blobs"]) != blob:
-                txn.put(digest, blob, db=e.db["blobs"])
+            stored = txn.get(digest, db=e.db["blobs"])
+            if stored == blob:
+                continue
+            if stored is not None and not key_matches(blob, digest):
+                # same key, other bytes, and the new ones do not hash to it: never overwrite with them
+                raise ChecksumError(f"refusing to store a damaged blob ({digest.hex()[:12]})")
+            txn.put(digest, blob, db=e.db["blobs"])  # new, or a repair of a damaged stored copy
         txn.put(_id_key(rec["id"]), msgpack.packb(rec, use_bin_type=True), db=e.db["snapshots"])
         txn.put(_index_key(rec["session"], rec["id"]), b"", db=e.db["sessions"])
         txn.put(rec["session"].encode(), _id_key(rec["id"]), db=e.db["heads"])
@@ -415,7 +434,7 @@ class SnapshotStore:
         if not all(isinstance(b, (bytes, bytearray, memoryview)) for b in parts.values()):
             raise TypeError("part values must be bytes")
         parts = {name: bytes(blob) for name, blob in parts.items()}
-        digests = {name: hashlib.sha256(blob).digest() for name, blob in parts.items()}
+        digests = {name: content_key(blob) for name, blob in parts.items()}
         rec = {
             "id": 0,  # set by _insert
             "session": session,
@@ -457,7 +476,7 @@ class SnapshotStore:
             blob = blobs[name]
             if blob is None:
                 raise ChecksumError(f"snapshot {snapshot_id}: blob {name!r} ({digest.hex()[:12]}) is missing")
-            if verify and hashlib.sha256(blob).digest() != digest:
+            if verify and not key_matches(blob, digest):
                 raise ChecksumError(f"snapshot {snapshot_id}: blob {name!r} ({digest.hex()[:12]}) is damaged")
         return rec, blobs
 
@@ -615,7 +634,7 @@ class SnapshotStore:
         for item in body["blobs"]:
             if not (type(item) is list and len(item) == 2 and all(type(x) is bytes for x in item)):
                 raise CorruptSnapshot(f"{what}: malformed blob entry")
-            if hashlib.sha256(item[1]).digest() != item[0]:
+            if not key_matches(item[1], item[0]):
                 raise ChecksumError(f"{what}: blob {item[0].hex()[:12]} is damaged")
             blobs[item[0]] = item[1]
         if any(digest not in blobs for _, digest in rec["parts"]):
