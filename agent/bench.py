@@ -24,6 +24,10 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
 def _token_pool(runtime: Runtime, n: int, seed: int = 0) -> list[int]:
     task, pool, i = make_task("memory_dialogue"), [], 0
     while len(pool) < n:
@@ -81,9 +85,6 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 30) ->
     both must see the same drift); medians are reported."""
     import lmdb
 
-    from agent.persist import make_snapshot
-    from snapshots import encode_parts
-
     s = runtime.session(f"bench-snap-{os.getpid()}-{time.time_ns()}")
     s.feed_ids(_token_pool(runtime, tokens))
     save_ms, restore_ms, put_ms, get_ms = [], [], [], []
@@ -98,11 +99,7 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 30) ->
             t2 = time.perf_counter()
             save_ms.append(1e3 * (t1 - t0))
             restore_ms.append(1e3 * (t2 - t1))
-            parts = encode_parts(
-                make_snapshot(
-                    runtime.fingerprint, s.state, runtime.model.config.kinds, s.generator.get_state(), []
-                )
-            )
+            _, parts = runtime.store.load(info.id, verify=False)  # the very bytes that were saved
             t0 = time.perf_counter()
             with env.begin(write=True) as txn:
                 for name, blob in parts.items():
@@ -115,8 +112,7 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 30) ->
             get_ms.append(1e3 * (t2 - t1))
         env.close()
     nbytes = sum(map(len, parts.values()))
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    save, restore, raw = med(save_ms), med(restore_ms), med(put_ms) + med(get_ms)
+    save, restore, raw = _median(save_ms), _median(restore_ms), _median(put_ms) + _median(get_ms)
     return {
         "benchmark": "snapshots",
         "repeats": repeats,
@@ -127,8 +123,8 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 30) ->
         "save_plus_restore_ms": save + restore,
         "save_MB_per_s": nbytes / 1e6 / (save / 1e3),
         "restore_MB_per_s": nbytes / 1e6 / (restore / 1e3),
-        "raw_lmdb_put_ms": med(put_ms),
-        "raw_lmdb_get_ms": med(get_ms),
+        "raw_lmdb_put_ms": _median(put_ms),
+        "raw_lmdb_get_ms": _median(get_ms),
         "raw_lmdb_put_plus_get_ms": raw,
         "codec_overhead_vs_raw": (save + restore) / raw,
         "targets": {"save_plus_restore_ms": "<= 50", "codec_overhead_vs_raw": "<= 2"},
@@ -141,29 +137,28 @@ def speed_bench(runtime: Runtime, prefill: int = 16_384, generate: int = 256, re
     stream that already holds the prefill."""
     from agent.generate import SamplingConfig, generate_tokens
 
-    pool = _token_pool(runtime, prefill)
-    s = runtime.session(f"bench-speed-{os.getpid()}-{time.time_ns()}")
-    s.feed_ids(pool[:2048])  # warm-up: first-call allocations are not part of the rate
+    pool, model = _token_pool(runtime, prefill), runtime.model
+    cfg = SamplingConfig(max_tokens=generate)
+    with torch.no_grad():  # warm-up: first-call allocations are not part of the rate
+        model(torch.tensor([pool[:2048]]), model.init_state(1), last_only=True)
     prefill_tps, generate_tps = [], []
     for _ in range(repeats):
-        state = runtime.model.init_state(1)
+        state = model.init_state(1)
         t0 = time.perf_counter()
         with torch.no_grad():
             for a in range(0, prefill, 2048):
-                _, state = runtime.model(torch.tensor([pool[a : a + 2048]]), state, last_only=True)
+                _, state = model(torch.tensor([pool[a : a + 2048]]), state, last_only=True)
         prefill_tps.append(prefill / (time.perf_counter() - t0))
-        cfg = SamplingConfig(max_tokens=generate)
         t0 = time.perf_counter()
-        n = sum(1 for _ in generate_tokens(runtime.model, state, pool[-1:], cfg, torch.Generator()))
+        n = sum(1 for _ in generate_tokens(model, state, pool[-1:], cfg, torch.Generator()))
         generate_tps.append(n / (time.perf_counter() - t0))
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     return {
         "benchmark": "speed",
         "threads": torch.get_num_threads(),
         "prefill_tokens": prefill,
-        "prefill_tokens_per_s": med(prefill_tps),
+        "prefill_tokens_per_s": _median(prefill_tps),
         "generated_tokens": generate,
-        "generate_tokens_per_s": med(generate_tps),
+        "generate_tokens_per_s": _median(generate_tps),
         "state_bytes": state.nbytes,
         "targets": {"prefill_tokens_per_s": ">= 2000 (2-core CPU)", "generate_tokens_per_s": ">= 30"},
     }

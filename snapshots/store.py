@@ -55,7 +55,7 @@ def content_key(blob: bytes) -> bytes:
 
 def key_matches(blob: bytes, key: bytes) -> bool:
     """Whether `blob` really has content key `key` (either form of `content_key`)."""
-    if len(key) == DIGEST_SIZE and declared_digest(blob) == key:
+    if declared_digest(blob) == key:
         return hashlib.sha256(memoryview(blob)[:-DIGEST_SIZE]).digest() == key
     return hashlib.sha256(blob).digest() == key
 
