@@ -69,6 +69,34 @@ def make_batch(mix, tokenizer, cfg: TrainConfig, step: int, rank: int = 0, world
     return tokens, mask
 
 
+class _StepBatches(torch.utils.data.Dataset):
+    """Batch i is the batch of step steps[i]: what a step trains on does not depend on who made it."""
+
+    def __init__(self, mix, tokenizer, cfg: TrainConfig, steps: range, rank: int, world: int) -> None:
+        self.mix, self.tokenizer, self.cfg = mix, tokenizer, cfg
+        self.steps, self.rank, self.world = steps, rank, world
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int):
+        return make_batch(self.mix, self.tokenizer, self.cfg, self.steps[i], self.rank, self.world)
+
+
+def _batches(mix, tokenizer, cfg: TrainConfig, steps: range, rank: int, world: int, pin: bool):
+    """The batches of `steps` in order; with cfg.workers > 0, made ahead by that many processes
+    (text generation and tokenisation are Python and would otherwise starve a GPU)."""
+    data = _StepBatches(mix, tokenizer, cfg, steps, rank, world)
+    if cfg.workers == 0:
+        return (data[i] for i in range(len(data)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # each worker tokenises on its own core
+    return iter(
+        torch.utils.data.DataLoader(
+            data, batch_size=None, num_workers=cfg.workers, pin_memory=pin, prefetch_factor=4
+        )
+    )
+
+
 def train_tokenizer(mix, cfg: TrainConfig, n_texts: int = 2000) -> Tokenizer:
     texts = (
         random.Random(i)
@@ -106,10 +134,10 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
     progress = _Progress(cfg.steps, start, enabled=cfg.progress and rank == 0)
     end = cfg.steps if cfg.stop_at is None else cfg.stop_at
-    for step in range(start, end):
-        t0 = time.perf_counter()
-        tokens, mask = make_batch(mix, tokenizer, cfg, step, rank, world)
-        tokens, mask = tokens.to(device), mask.to(device)
+    batches = _batches(mix, tokenizer, cfg, range(start, end), rank, world, pin=device.type == "cuda")
+    t0 = time.perf_counter()
+    for step, (tokens, mask) in zip(range(start, end), batches):
+        tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         valid = tokens[:, 1:] != tokenizer.special[PAD]
         counts = torch.stack([mask.sum(), valid.sum()]).float()
         if world > 1:
@@ -131,6 +159,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         if world > 1:
             dist.all_reduce(reported)
         tps = tokens[:, :-1].numel() * world / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
         progress.update(step + 1, float(reported), tps)
         if rank == 0 and cfg.log:
             record = {"step": step + 1, "loss": float(reported), "lr": lr_at(step, cfg), "tokens_per_s": tps}

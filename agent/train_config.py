@@ -29,6 +29,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
     log: str | None = None  # append one JSON line per step (step, loss, lr, tokens/s) to this file
+    workers: int = 0  # processes generating batches ahead of the step (0: in the training process)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -36,6 +37,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup >= 0 and self.grad_clip > 0):
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lm_weight >= 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:

@@ -104,27 +104,23 @@ def fold_update_triton(
     inplace: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fold_update_torch in place, as one Triton kernel: one program per (batch*head, block of
-    slots) sums each slot's members in position order, so the result is deterministic (no float
-    atomics). Out of place (autograd), the torch twin runs instead."""
+    slots) walks the chunk in position order and adds each token to its slot, so the sums are
+    deterministic (no float atomics) and in the twin's order. Out of place (autograd), the torch twin
+    runs instead."""
     if not inplace:
         return fold_update_torch(keys, values, counts, n, chunk_k, chunk_v, assign, M, False)
     _triton.check_device(keys, values, counts, chunk_k, chunk_v, assign)
-    B, H, _, D = keys.shape
+    B, H, L, D = chunk_k.shape
     Dv = values.shape[-1]
     if M == 0:
         return keys, values, counts
-    # group tokens by slot; the stable sort keeps each slot's members in position order
-    slot_of, order = torch.sort(assign, dim=-1, stable=True)  # [B, H, L] each
-    slots = torch.arange(M, device=assign.device).expand(B, H, M).contiguous()
-    first = torch.searchsorted(slot_of, slots)  # [B, H, M]: members of slot s are order[first:last]
-    last = torch.searchsorted(slot_of, slots, right=True)
     BLOCK_S = 16
     grid = (-(-M // BLOCK_S), B * H)
     _fold_jit()[grid](
-        keys, values, counts, chunk_k, chunk_v, order, first, last,
+        keys, values, counts, chunk_k, chunk_v, assign,
         *keys.stride(), *values.stride(), *counts.stride(), *chunk_k.stride(), *chunk_v.stride(),
-        *order.stride(), *first.stride(),
-        H, n, M, D, Dv,
+        *assign.stride(),
+        H, n, M, L, D, Dv,
         BLOCK_S=BLOCK_S, BLOCK_D=_triton.block(D), BLOCK_DV=_triton.block(Dv),
         F32=keys.dtype == torch.float32,
         enable_fp_fusion=False,  # the twin rounds c*mu before adding the sum: no fused multiply-add
@@ -136,19 +132,18 @@ def fold_update_triton(
 def _fold_jit():
     global tl
     triton, tl = _triton.load()
-    return triton.jit(_fold_kernel, do_not_specialize=["n", "M"])
+    return triton.jit(_fold_kernel, do_not_specialize=["n", "M", "L"])
 
 
 def _fold_kernel(
-    K, V, C, CK, CV, ORDER, FIRST, LAST,
+    K, V, C, CK, CV, A,
     sk_b, sk_h, sk_n, sk_d,
     sv_b, sv_h, sv_n, sv_d,
     sc_b, sc_h, sc_n,
     sck_b, sck_h, sck_t, sck_d,
     scv_b, scv_h, scv_t, scv_d,
-    so_b, so_h, so_t,
-    sf_b, sf_h, sf_s,
-    H, n, M, D, Dv,
+    sa_b, sa_h, sa_t,
+    H, n, M, L, D, Dv,
     BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, F32: tl.constexpr,
 ):  # fmt: skip
     # one program: BLOCK_S slots of one (batch, head); it alone writes them
@@ -159,26 +154,20 @@ def _fold_kernel(
     offs_dv = tl.arange(0, BLOCK_DV)
     slot_ok, d_ok, dv_ok = slots < M, offs_d < D, offs_dv < Dv
 
-    f_off = b * sf_b + h * sf_h + slots * sf_s
-    first = tl.load(FIRST + f_off, mask=slot_ok, other=0)
-    members = (tl.load(LAST + f_off, mask=slot_ok, other=0) - first).to(tl.int32)  # 0 past M
     sum_k = tl.zeros([BLOCK_S, BLOCK_D], K.dtype.element_ty)
     sum_v = tl.zeros([BLOCK_S, BLOCK_DV], V.dtype.element_ty)
-    # r-th member of every slot at once; each slot adds its members in position order, like the
-    # twin's sequential scatter on CPU
-    for r in range(0, tl.max(members, 0)):
-        live = r < members
-        tok = tl.load(ORDER + b * so_b + h * so_h + (first + r) * so_t, mask=live, other=0)
-        sum_k += tl.load(
-            CK + b * sck_b + h * sck_h + tok[:, None] * sck_t + offs_d[None, :] * sck_d,
-            mask=live[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        sum_v += tl.load(
-            CV + b * scv_b + h * scv_h + tok[:, None] * scv_t + offs_dv[None, :] * scv_d,
-            mask=live[:, None] & dv_ok[None, :],
-            other=0.0,
-        )
+    members = tl.zeros([BLOCK_S], tl.int32)
+    # every token of the chunk, in position order, into the slot it is assigned to (if it is one of
+    # this block's): each slot adds its members in the order of the twin's sequential scatter.
+    # Adding 0.0 to the other rows leaves them exact.
+    for t in range(0, L):
+        a = tl.load(A + b * sa_b + h * sa_h + t * sa_t)
+        hit = slots == a  # [BLOCK_S]
+        row_k = tl.load(CK + b * sck_b + h * sck_h + t * sck_t + offs_d * sck_d, mask=d_ok, other=0.0)
+        row_v = tl.load(CV + b * scv_b + h * scv_h + t * scv_t + offs_dv * scv_d, mask=dv_ok, other=0.0)
+        sum_k += tl.where(hit[:, None], row_k[None, :], 0.0)
+        sum_v += tl.where(hit[:, None], row_v[None, :], 0.0)
+        members += hit.to(tl.int32)
 
     # new slots [n, M) start at count 0 and centroid 0 (their seed is a member); never read them
     old = slot_ok & (slots < n)

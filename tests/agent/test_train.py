@@ -44,6 +44,13 @@ def test_resume_continues_exactly(tmp_path, tokenizer_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_data_loader_workers_train_on_exactly_the_same_batches(tmp_path, tokenizer_path):
+    inline = train(config(tmp_path / "inline", tokenizer_path))
+    ahead = train(config(tmp_path / "ahead", tokenizer_path, workers=2))
+    a, b = weights(inline), weights(ahead)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def _ddp_worker(rank, world, port, cfg):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -105,5 +112,7 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(lm_weight=-1.0)
     with pytest.raises(ValueError, match="stop_at"):
         TrainConfig(steps=3, stop_at=4)
+    with pytest.raises(ValueError, match="workers"):
+        TrainConfig(workers=-1)
     assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err

@@ -73,5 +73,8 @@ def test_not_in_place_runs_the_twin(device, dtype):
     got = fold_update_triton(*state, *rest, False)
     want = fold_update_torch(*state, *rest, False)
     for g, w, s, b in zip(got, want, state, before):
-        assert torch.equal(g.nan_to_num(), w.nan_to_num())
+        if device == "cuda":  # the twin's scatter_add sums with atomics there: equal up to rounding
+            torch.testing.assert_close(g.nan_to_num(), w.nan_to_num(), **tol(dtype))
+        else:
+            assert torch.equal(g.nan_to_num(), w.nan_to_num())
         assert torch.equal(s.nan_to_num(), b.nan_to_num())  # the given buffers are untouched
