@@ -67,6 +67,11 @@ def _eval(args: argparse.Namespace) -> int:
     from agent.checkpoint import load_model
     from agent.evaluate import evaluate_recall
 
+    if args.n < 1:
+        print(f"ovq eval: --n must be >= 1, got {args.n}", file=sys.stderr)
+        return 2
+    if args.what == "compare":
+        return _eval_compare(args)
     try:
         loaded = load_model(args.model)
         result = evaluate_recall(loaded.model, loaded.tokenizer, args.task, args.preset, args.n, args.seed)
@@ -78,6 +83,36 @@ def _eval(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             f.write(text + "\n")
     print(text)
+    return 0
+
+
+def _eval_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from agent.compare import compare, plot, to_markdown
+
+    try:
+        if not args.models or not args.lengths:
+            raise ValueError("compare needs --models DIR,DIR,... and --lengths CHARS,CHARS,...")
+        try:
+            lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        result = compare(models, args.task, args.preset, lengths, args.n, args.seed)
+        if args.plot:
+            plot(result, args.plot)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ovq eval: {e}", file=sys.stderr)
+        return 2
+    table = to_markdown(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    print(table, end="")
     return 0
 
 
@@ -243,9 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(train)
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="evaluate a model: exact-match recall by distance in tokens")
-    ev.add_argument("what", choices=["recall"], help="recall: answers of fresh task examples")
+    ev = sub.add_parser("eval", help="evaluate models: exact-match recall by distance, or side by side")
+    ev.add_argument(
+        "what",
+        choices=["recall", "compare"],
+        help="recall: one model on fresh task examples; compare: --models at each of --lengths",
+    )
     ev.add_argument("--model", help="model directory (default: the shipped model)")
+    ev.add_argument("--models", help="compare: comma-separated model directories")
+    ev.add_argument("--lengths", help="compare: comma-separated test lengths in characters (target_chars)")
+    ev.add_argument("--markdown", help="compare: also write the markdown table to this file")
+    ev.add_argument("--plot", help="compare: also write a PNG plot to this file (needs matplotlib)")
     ev.add_argument("--task", default="memory_dialogue", help="icr | positional_icr | icl | memory_dialogue")
     ev.add_argument("--preset", default="default", help="task preset (e.g. default, train_4k, test_64k)")
     ev.add_argument("--n", type=int, default=20, help="examples")

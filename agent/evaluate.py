@@ -70,11 +70,16 @@ def score_example(model: HybridLM, tokenizer: Tokenizer, example: Example, chunk
         asked_tok = bisect.bisect_right(starts, rec["asked"]) - 1
         stated_tok = None if rec["stated_end"] is None else bisect.bisect_left(starts, rec["stated_end"])
         distance = None if stated_tok is None else max(0, asked_tok - stated_tok)
-        out.append({**rec, "hit": hit, "distance_tokens": distance, "tokens": len(ids)})
+        out.append(
+            {**rec, "hit": hit, "distance_tokens": distance, "tokens": len(ids), "asked_token": asked_tok,
+             "stated_token": stated_tok}
+        )  # fmt: skip
     return out
 
 
-def summarise(records: Iterable[dict]) -> dict:
+def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
+    """Exact match overall and by token distance; with an OVQ chunk size, also by the number of
+    chunk updates (dictionary folds) between the statement and the question: the memory horizon."""
     records = list(records)
     by_bucket: dict[str, list[bool]] = {}
     for r in records:
@@ -84,13 +89,29 @@ def summarise(records: Iterable[dict]) -> dict:
         i = min(bisect.bisect_right(BUCKETS, d) - 1, len(BUCKETS) - 2)
         by_bucket.setdefault(f"{BUCKETS[i]}-{BUCKETS[i + 1]}", []).append(r["hit"])
     hits = [r["hit"] for r in records]
+    horizon = {}
+    if chunk_size:
+        by_updates: dict[int, list[bool]] = {}
+        for r in records:
+            if r.get("stated_token") is not None:
+                u = r["asked_token"] // chunk_size - r["stated_token"] // chunk_size
+                edge = 0 if u < 1 else 1 << (u.bit_length() - 1)  # 0, 1, 2-3, 4-7, ...
+                by_updates.setdefault(edge, []).append(r["hit"])
+        horizon = {
+            "by_chunk_updates": {
+                (f"{e}" if e < 2 else f"{e}-{2 * e - 1}"): {"answers": len(v), "exact_match": sum(v) / len(v)}
+                for e, v in sorted(by_updates.items())
+            }
+        }
     return {
         "answers": len(hits),
+        "max_tokens": max((r.get("tokens", 0) for r in records), default=0),
         "exact_match": sum(hits) / len(hits) if hits else float("nan"),
         "by_distance_tokens": {
             k: {"answers": len(v), "exact_match": sum(v) / len(v)}
             for k, v in sorted(by_bucket.items(), key=lambda kv: int(kv[0].split("-")[0]))
         },
+        **horizon,
     }
 
 
@@ -110,4 +131,6 @@ def evaluate_recall(
     bound = make_task(task, preset, **overrides)
     records = [r for i in range(n) for r in score_example(model, tokenizer, bound(seed + i), chunk)]
     state_bytes = model.init_state(1).nbytes
-    return {"task": task, "preset": preset, "examples": n, "state_bytes": state_bytes, **summarise(records)}
+    chunk = model.config.ovq.chunk_size if "ovq" in model.config.kinds else None
+    summary = summarise(records, chunk)
+    return {"task": task, "preset": preset, "examples": n, "state_bytes": state_bytes, **summary}

@@ -67,7 +67,8 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, vocab_size: int, **overrides) -> ModelConfig:
-        """Named presets: tiny (tests), default (the shipped model), base and large (GPU users)."""
+        """Named presets: tiny (tests), small (the CPU reproduction), default (the shipped model),
+        base and large (GPU users)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
         return replace(PRESETS[name](vocab_size), **overrides)
@@ -82,6 +83,10 @@ PRESETS = {
         window=8,
         ovq=OVQConfig(chunk_size=8, capacity=24),
         full_context=512,
+    ),
+    # the CPU-sized reproduction of the paper's comparison (README): OVQ and baselines share it
+    "small": lambda V: ModelConfig(
+        V, d_model=64, n_heads=2, layers="swa,ovq", window=32, ovq=OVQConfig(32, 128), full_context=16384
     ),
     "default": lambda V: ModelConfig(V, d_model=192, ovq=OVQConfig(chunk_size=256, capacity=1024)),
     "base": lambda V: ModelConfig(

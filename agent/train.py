@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from agent.checkpoint import save_model
+from agent.checkpoint import load_model, save_model
 from agent.model import HybridLM, ModelConfig
 from agent.tasks import answer_token_mask, derive_seed
 from agent.tokenizer import BOS, PAD, Tokenizer
@@ -114,14 +114,19 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     out = Path(cfg.out)
     mix = parse_mix(cfg.tasks)
     resume = (out / TRAIN_STATE).is_file()
-    if resume or cfg.tokenizer:
-        tokenizer = Tokenizer.load(out if resume else cfg.tokenizer)
-    else:
-        tokenizer = train_tokenizer(mix, cfg)
     torch.manual_seed(cfg.seed)
-    model = HybridLM(ModelConfig.preset(cfg.preset, tokenizer.vocab_size, **(model_overrides or {}))).to(
-        device
-    )
+    if cfg.init is not None and not resume:  # fine-tune: the init model's config, tokenizer, weights
+        loaded = load_model(None if cfg.init == "default" else cfg.init)
+        model, tokenizer = loaded.model.train().to(device), loaded.tokenizer
+    else:
+        if resume or cfg.tokenizer:
+            tokenizer = Tokenizer.load(out if resume else cfg.tokenizer)
+        else:
+            tokenizer = train_tokenizer(mix, cfg)
+        config = ModelConfig.from_json((out / "config.json").read_text()) if resume else None
+        overrides = {**({"layers": cfg.layers} if cfg.layers else {}), **(model_overrides or {})}
+        config = config or ModelConfig.preset(cfg.preset, tokenizer.vocab_size, **overrides)
+        model = HybridLM(config).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(

@@ -11,6 +11,7 @@ from agent.tasks import BoundTask, make_task
 class TrainConfig:
     out: str = "runs/model"
     preset: str = "default"  # ModelConfig preset
+    layers: str | None = None  # override the preset's layer pattern, e.g. "swa,full" for a baseline
     tasks: str = "memory_dialogue:1"  # task mix "name[@preset]:weight,..."
     steps: int = 1000
     batch_size: int = 8  # global batch, in sequences
@@ -29,6 +30,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     progress: bool = True
     log: str | None = None  # append one JSON line per step (step, loss, lr, tokens/s) to this file
+    init: str | None = None  # start from this model directory's weights ("default": the shipped model)
     workers: int = 0  # processes generating batches ahead of the step (0: in the training process)
 
     def __post_init__(self) -> None:
@@ -37,6 +39,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup >= 0 and self.grad_clip > 0):
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
+        if self.init is not None and self.tokenizer is not None:
+            raise ValueError("--init brings its model's own tokenizer; drop --tokenizer")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lm_weight >= 0:

@@ -76,6 +76,8 @@ PRESETS = {
     "default": ICRConfig(),
     "tiny": ICRConfig(num_pairs=8, num_queries=4),  # tests and smoke runs
     "train_4k": ICRConfig(num_pairs=16, num_queries=16, target_chars=4096),
+    # the CPU reproduction: trained at 512 characters, tested at 512 x 1..16 (target_chars)
+    "repro": ICRConfig(num_pairs=8, num_queries=8, target_chars=512),
     "test_64k": ICRConfig(num_pairs=16, num_queries=32, target_chars=65536, key_len=5),
 }
 

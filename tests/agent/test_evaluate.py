@@ -58,3 +58,19 @@ def test_summary_buckets_and_random_model_runs():
     result = evaluate_recall(model, TOK, task="icr", preset="tiny", n=2)
     assert result["answers"] == 8 and 0 <= result["exact_match"] <= 1 and result["state_bytes"] > 0
     assert answer_records(Example("abc", ((0, 1),), {"task": "other"}))[0]["stated_end"] is None
+
+
+def test_memory_horizon_counts_chunk_updates_between_statement_and_question():
+    recs = [
+        {"hit": True, "distance_tokens": 5, "stated_token": 10, "asked_token": 15},  # same chunk: 0
+        {"hit": False, "distance_tokens": 20, "stated_token": 10, "asked_token": 30},  # 1 update
+        {"hit": True, "distance_tokens": 90, "stated_token": 10, "asked_token": 100},  # 100//16 - 0 = 6
+        {"hit": False, "distance_tokens": None, "stated_token": None, "asked_token": 7},  # not a recall
+    ]
+    horizon = summarise(recs, chunk_size=16)["by_chunk_updates"]
+    assert horizon == {
+        "0": {"answers": 1, "exact_match": 1.0},
+        "1": {"answers": 1, "exact_match": 0.0},
+        "4-7": {"answers": 1, "exact_match": 1.0},
+    }
+    assert "by_chunk_updates" not in summarise(recs)  # no OVQ layer, no horizon

@@ -51,6 +51,22 @@ def test_data_loader_workers_train_on_exactly_the_same_batches(tmp_path, tokeniz
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_init_fine_tunes_from_a_model_directory(tmp_path, tokenizer_path):
+    base = train(config(tmp_path / "base", tokenizer_path))
+    tuned = train(config(tmp_path / "tuned", None, init=str(base), steps=1, lr=1e-9, warmup=0))
+    a, b = weights(base), weights(tuned)
+    assert set(a) == set(b)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # started from base, barely moved
+    assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        train(config(tmp_path / "c", None, init=str(tmp_path / "nowhere")))
+
+
+def test_layers_overrides_the_preset_pattern_for_baselines(tmp_path, tokenizer_path):
+    out = train(config(tmp_path / "lin", tokenizer_path, layers="swa,linear", steps=1))
+    assert ModelConfig.from_json((out / "config.json").read_text()).layers == "swa,linear"
+
+
 def _ddp_worker(rank, world, port, cfg):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -112,6 +128,8 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(lm_weight=-1.0)
     with pytest.raises(ValueError, match="stop_at"):
         TrainConfig(steps=3, stop_at=4)
+    with pytest.raises(ValueError, match="own tokenizer"):
+        TrainConfig(init="default", tokenizer="tok.json")
     with pytest.raises(ValueError, match="workers"):
         TrainConfig(workers=-1)
     assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2

@@ -1,0 +1,103 @@
+"""`ovq eval compare`: several models on one task at several test lengths, side by side.
+
+For each model and each length (the task's `target_chars`), exact-match recall over the same fresh
+examples, and the bytes of state the model holds at that length: OVQ, SWA and linear states are
+fixed by configuration; a `full`/`nope` layer holds a KV cache of every token seen. Output: a dict
+(JSON), a markdown table, and optionally a PNG plot (matplotlib, the `plot` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agent.attention import WindowState
+from agent.checkpoint import load_model
+from agent.evaluate import evaluate_recall
+
+
+def state_bytes_at(model, tokens: int) -> int:
+    """Bytes of streaming state after `tokens` tokens: a bounded (full-attention) layer's cache is
+    allocated at its bound but holds min(tokens, bound) rows, so count those; the rest is fixed."""
+    total = 0
+    for s in model.init_state(1).layers:
+        if isinstance(s, WindowState) and s.bounded:
+            total += s.nbytes * min(tokens, s.keys.shape[2]) // s.keys.shape[2]
+        else:
+            total += s.nbytes
+    return total
+
+
+def compare(
+    models: Sequence[str], task: str, preset: str, lengths: Sequence[int], n: int = 10, seed: int = 10**6
+) -> dict:
+    """Recall of each model directory at each length (characters); the same examples for all."""
+    if not models:
+        raise ValueError("give at least one model directory")
+    if not lengths or min(lengths) < 1:
+        raise ValueError(f"lengths must be positive character counts, got {list(lengths)}")
+    rows = []
+    for path in models:
+        loaded = load_model(path)
+        model, cfg = loaded.model, loaded.model.config
+        results = []
+        for chars in lengths:
+            r = evaluate_recall(model, loaded.tokenizer, task, preset, n, seed, target_chars=chars)
+            results.append(
+                {
+                    "chars": chars,
+                    "tokens": r["max_tokens"],
+                    "exact_match": r["exact_match"],
+                    "answers": r["answers"],
+                    "state_bytes": state_bytes_at(model, r["max_tokens"]),
+                    "by_distance_tokens": r["by_distance_tokens"],
+                    **({"by_chunk_updates": r["by_chunk_updates"]} if "by_chunk_updates" in r else {}),
+                }
+            )
+        rows.append(
+            {
+                "model": str(path),
+                "layers": cfg.layers,
+                "params": model.num_params(),
+                "fingerprint": loaded.fingerprint,
+                "results": results,
+            }
+        )
+    return {
+        "task": task, "preset": preset, "examples": n, "seed": seed, "lengths": list(lengths), "models": rows,
+    }  # fmt: skip
+
+
+def to_markdown(result: dict) -> str:
+    lengths = result["lengths"]
+    head = ["model", "layers", "params"] + [f"{c:,} ch" for c in lengths] + ["state at longest"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for m in result["models"]:
+        accs = [f"{r['exact_match']:.1%}" for r in m["results"]]
+        last = m["results"][-1]
+        state = f"{last['state_bytes'] / 1024:,.0f} KiB ({last['tokens']:,} tokens)"
+        lines.append("| " + " | ".join([m["model"], m["layers"], f"{m['params']:,}", *accs, state]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    """Recall against test length, one line per model (needs matplotlib: pip install 'ovq[plot]')."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ValueError("--plot needs matplotlib: pip install 'ovq[plot]' (or matplotlib)") from e
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in result["models"]:
+        xs = [r["tokens"] for r in m["results"]]
+        ax.plot(xs, [r["exact_match"] for r in m["results"]], marker="o", label=f"{m['layers']}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("test length (tokens)")
+    ax.set_ylabel("exact-match recall")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{result['task']}@{result['preset']}, {result['examples']} examples per length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
