@@ -93,13 +93,13 @@ def _eval_compare(args: argparse.Namespace) -> int:
 
     try:
         if not args.models or not args.lengths:
-            raise ValueError("compare needs --models DIR,DIR,... and --lengths CHARS,CHARS,...")
+            raise ValueError("compare needs --models DIR,DIR,... and --lengths N,N,...")
         try:
             lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
         models = [m.strip() for m in args.models.split(",") if m.strip()]
-        result = compare(models, args.task, args.preset, lengths, args.n, args.seed)
+        result = compare(models, args.task, args.preset, lengths, args.n, args.seed, args.length_field)
         if args.plot:
             plot(result, args.plot)
     except (FileNotFoundError, ValueError) as e:
@@ -287,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", help="model directory (default: the shipped model)")
     ev.add_argument("--models", help="compare: comma-separated model directories")
     ev.add_argument("--lengths", help="compare: comma-separated test lengths in characters (target_chars)")
+    ev.add_argument(
+        "--length-field",
+        default="target_chars",
+        help="compare: the task config field --lengths sets (icl: examples_per_function)",
+    )
     ev.add_argument("--markdown", help="compare: also write the markdown table to this file")
     ev.add_argument("--plot", help="compare: also write a PNG plot to this file (needs matplotlib)")
     ev.add_argument("--task", default="memory_dialogue", help="icr | positional_icr | icl | memory_dialogue")

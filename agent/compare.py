@@ -1,9 +1,10 @@
 """`ovq eval compare`: several models on one task at several test lengths, side by side.
 
-For each model and each length (the task's `target_chars`), exact-match recall over the same fresh
-examples, and the bytes of state the model holds at that length: OVQ, SWA and linear states are
-fixed by configuration; a `full`/`nope` layer holds a KV cache of every token seen. Output: a dict
-(JSON), a markdown table, and optionally a PNG plot (matplotlib, the `plot` extra).
+For each model and each length (by default the task's `target_chars`; any integer field of the task
+config, e.g. ICL's `examples_per_function`), exact-match recall over the same fresh examples, and the
+bytes of state the model holds at that length: OVQ, SWA and linear states are fixed by
+configuration; a `full`/`nope` layer holds a KV cache of every token seen. Output: a dict (JSON), a
+markdown table, and optionally a PNG plot (matplotlib, the `plot` extra).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from agent.attention import WindowState
 from agent.checkpoint import load_model
 from agent.evaluate import evaluate_recall
+from agent.tasks import make_task
 
 
 def state_bytes_at(model, tokens: int) -> int:
@@ -28,20 +30,28 @@ def state_bytes_at(model, tokens: int) -> int:
 
 
 def compare(
-    models: Sequence[str], task: str, preset: str, lengths: Sequence[int], n: int = 10, seed: int = 10**6
+    models: Sequence[str],
+    task: str,
+    preset: str,
+    lengths: Sequence[int],
+    n: int = 10,
+    seed: int = 10**6,
+    length_field: str = "target_chars",
 ) -> dict:
-    """Recall of each model directory at each length (characters); the same examples for all."""
+    """Recall of each model directory at each length (values of `length_field`); the same examples
+    for all models."""
     if not models:
         raise ValueError("give at least one model directory")
     if not lengths or min(lengths) < 1:
-        raise ValueError(f"lengths must be positive character counts, got {list(lengths)}")
+        raise ValueError(f"lengths must be positive integers, got {list(lengths)}")
+    make_task(task, preset, **{length_field: lengths[0]})  # a task without that field fails here, named
     rows = []
     for path in models:
         loaded = load_model(path)
         model, cfg = loaded.model, loaded.model.config
         results = []
         for chars in lengths:
-            r = evaluate_recall(model, loaded.tokenizer, task, preset, n, seed, target_chars=chars)
+            r = evaluate_recall(model, loaded.tokenizer, task, preset, n, seed, **{length_field: chars})
             results.append(
                 {
                     "chars": chars,
@@ -63,13 +73,15 @@ def compare(
             }
         )
     return {
-        "task": task, "preset": preset, "examples": n, "seed": seed, "lengths": list(lengths), "models": rows,
+        "task": task, "preset": preset, "examples": n, "seed": seed, "length_field": length_field,
+        "lengths": list(lengths), "models": rows,
     }  # fmt: skip
 
 
 def to_markdown(result: dict) -> str:
     lengths = result["lengths"]
-    head = ["model", "layers", "params"] + [f"{c:,} ch" for c in lengths] + ["state at longest"]
+    unit = "ch" if result.get("length_field", "target_chars") == "target_chars" else result["length_field"]
+    head = ["model", "layers", "params"] + [f"{c:,} {unit}" for c in lengths] + ["state at longest"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for m in result["models"]:
         accs = [f"{r['exact_match']:.1%}" for r in m["results"]]

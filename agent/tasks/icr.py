@@ -78,7 +78,11 @@ PRESETS = {
     "train_4k": ICRConfig(num_pairs=16, num_queries=16, target_chars=4096),
     # the CPU reproduction (README): trained at 512 characters (~450 tokens), tested at 512 x 1..16
     "repro": ICRConfig(
-        num_pairs=16, num_queries=16, target_chars=512, key_len=3, value_len=2,
+        num_pairs=16,
+        num_queries=16,
+        target_chars=512,
+        key_len=3,
+        value_len=2,
         key_alphabet=string.ascii_lowercase,
     ),  # fmt: skip
     "test_64k": ICRConfig(num_pairs=16, num_queries=32, target_chars=65536, key_len=5),

@@ -46,6 +46,13 @@ def test_compare_scores_every_model_at_every_length(models):
     assert table.count("\n") == 4 and "swa,full" in table and "150 ch" in table
 
 
+def test_lengths_can_set_another_field_of_the_task(models):
+    result = compare(models[:1], "icl", "tiny", [2, 6], n=1, length_field="examples_per_function")
+    short, long = result["models"][0]["results"]
+    assert short["answers"] < long["answers"] and short["tokens"] < long["tokens"]
+    assert "6 examples_per_function" in to_markdown(result)
+
+
 def test_plot_writes_a_png_or_says_what_is_missing(models, tmp_path):
     result = compare(models[:1], "icr", "tiny", LENGTHS[:1], n=1)
     if importlib.util.find_spec("matplotlib") is None:
@@ -72,6 +79,7 @@ def test_cli_compare_writes_json_and_markdown(models, tmp_path, capsys):
         (["--models", "x", "--lengths", "1a"], "comma-separated integers"),
         (["--models", "/nowhere", "--lengths", "150"], "lacks"),
         (["--models", "x", "--lengths", "0"], "positive"),
+        (["--models", "x", "--lengths", "5", "--length-field", "bogus"], "bad override"),
     ],
 )
 def test_cli_compare_bad_input_is_a_clear_error(extra, message, capsys):
