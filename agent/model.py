@@ -86,7 +86,7 @@ PRESETS = {
     ),
     # the CPU-sized reproduction of the paper's comparison (README): OVQ and baselines share it
     "small": lambda V: ModelConfig(
-        V, d_model=64, n_heads=2, layers="swa,ovq", window=32, ovq=OVQConfig(32, 128), full_context=16384
+        V, d_model=64, n_heads=2, layers="swa,ovq", window=32, ovq=OVQConfig(32, 128), full_context=4096
     ),
     "default": lambda V: ModelConfig(V, d_model=192, ovq=OVQConfig(chunk_size=256, capacity=1024)),
     "base": lambda V: ModelConfig(
