@@ -57,6 +57,7 @@ def compare(
                     "chars": chars,
                     "tokens": r["max_tokens"],
                     "exact_match": r["exact_match"],
+                    "token_accuracy": r["token_accuracy"],
                     "answers": r["answers"],
                     "state_bytes": state_bytes_at(model, r["max_tokens"]),
                     "by_distance_tokens": r["by_distance_tokens"],
@@ -79,12 +80,13 @@ def compare(
 
 
 def to_markdown(result: dict) -> str:
+    """One row per model: exact match (and, in brackets, answer-token accuracy) at each length."""
     lengths = result["lengths"]
     unit = "ch" if result.get("length_field", "target_chars") == "target_chars" else result["length_field"]
     head = ["model", "layers", "params"] + [f"{c:,} {unit}" for c in lengths] + ["state at longest"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for m in result["models"]:
-        accs = [f"{r['exact_match']:.1%}" for r in m["results"]]
+        accs = [f"{r['exact_match']:.1%} ({r['token_accuracy']:.0%})" for r in m["results"]]
         last = m["results"][-1]
         state = f"{last['state_bytes'] / 1024:,.0f} KiB ({last['tokens']:,} tokens)"
         lines.append("| " + " | ".join([m["model"], m["layers"], f"{m['params']:,}", *accs, state]) + " |")

@@ -66,13 +66,14 @@ def score_example(model: HybridLM, tokenizer: Tokenizer, example: Example, chunk
     for rec in answer_records(example):
         s, e = rec["span"]
         idx = [i for i, (ts, te) in enumerate(offsets) if ts < e and s < te]  # tokens overlapping the span
-        hit = bool(idx) and all(bool(pred[i] == target[i]) for i in idx)  # offsets[i] is ids[i + 1]
+        right = sum(bool(pred[i] == target[i]) for i in idx)  # offsets[i] is ids[i + 1]
+        hit = bool(idx) and right == len(idx)
         asked_tok = bisect.bisect_right(starts, rec["asked"]) - 1
         stated_tok = None if rec["stated_end"] is None else bisect.bisect_left(starts, rec["stated_end"])
         distance = None if stated_tok is None else max(0, asked_tok - stated_tok)
         out.append(
-            {**rec, "hit": hit, "distance_tokens": distance, "tokens": len(ids), "asked_token": asked_tok,
-             "stated_token": stated_tok}
+            {**rec, "hit": hit, "answer_tokens": len(idx), "right_tokens": right, "distance_tokens": distance,
+             "tokens": len(ids), "asked_token": asked_tok, "stated_token": stated_tok}
         )  # fmt: skip
     return out
 
@@ -103,8 +104,11 @@ def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
                 for e, v in sorted(by_updates.items())
             }
         }
+    n_tok = sum(r.get("answer_tokens", 0) for r in records)
     return {
         "answers": len(hits),
+        # the paper's ICR metric: the share of answer tokens predicted right
+        "token_accuracy": sum(r.get("right_tokens", 0) for r in records) / n_tok if n_tok else float("nan"),
         "max_tokens": max((r.get("tokens", 0) for r in records), default=0),
         "exact_match": sum(hits) / len(hits) if hits else float("nan"),
         "by_distance_tokens": {

@@ -44,6 +44,11 @@ def test_a_wrong_token_anywhere_in_an_answer_is_a_miss():
     wrong[last + 1] = (wrong[last + 1] + 1) % TOK.vocab_size  # the model "predicts" a wrong last token
     records = score_example(Oracle(wrong), TOK, ex)
     assert [r["hit"] for r in records] == [False] + [True] * (len(records) - 1)
+    first = records[0]
+    assert first["right_tokens"] == first["answer_tokens"] - 1  # one wrong token of the answer
+    summary = summarise(records)
+    total = sum(r["answer_tokens"] for r in records)
+    assert summary["token_accuracy"] == (total - 1) / total
 
 
 def test_summary_buckets_and_random_model_runs():
