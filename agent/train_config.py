@@ -41,6 +41,8 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
         if self.init is not None and self.tokenizer is not None:
             raise ValueError("--init brings its model's own tokenizer; drop --tokenizer")
+        if self.init is not None and self.layers is not None:
+            raise ValueError("--init brings its model's own layers; drop --layers")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lm_weight >= 0:

@@ -130,6 +130,8 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(steps=3, stop_at=4)
     with pytest.raises(ValueError, match="own tokenizer"):
         TrainConfig(init="default", tokenizer="tok.json")
+    with pytest.raises(ValueError, match="own layers"):
+        TrainConfig(init="default", layers="swa,full")
     with pytest.raises(ValueError, match="workers"):
         TrainConfig(workers=-1)
     assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2
