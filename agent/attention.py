@@ -97,21 +97,26 @@ class WindowAttention(nn.Module):
             self.bounded,
         )
 
-    def forward(self, x: torch.Tensor, state: WindowState) -> tuple[torch.Tensor, WindowState]:
+    def forward(self, x: torch.Tensor, state: WindowState | None) -> tuple[torch.Tensor, WindowState | None]:
+        """`state` None: a fresh stream whose state is not wanted (training), so no cache is built
+        (for a `full` layer that would be its whole bound, copied under autograd); returns None."""
         B, T, _ = x.shape
         H, D, W = self.n_heads, self.head_dim, self.window
-        if self.bounded and state.pos + T > W:
+        pos = 0 if state is None else state.pos
+        if self.bounded and pos + T > W:
             raise ValueError(
-                f"full-attention layer context is bounded at {W} tokens; "
-                f"{state.pos} seen + {T} new exceeds it"
+                f"full-attention layer context is bounded at {W} tokens; {pos} seen + {T} new exceeds it"
             )
         q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
-        past_k, past_v = state.recent()
-        w = past_k.shape[2]
-        keys, values = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)  # positions pos-w .. pos+T-1
+        if state is None:
+            w, keys, values = 0, k, v
+        else:
+            past_k, past_v = state.recent()
+            w = past_k.shape[2]
+            keys, values = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)  # positions pos-w .. pos+T-1
         out = torch.cat([self._block(q, keys, values, w, b, min(b + W, T)) for b in range(0, T, W)], dim=2)
         y = self.o_proj(out.transpose(1, 2).reshape(B, T, H * D))  # [B, H, T, D] -> [B, T, H*D]
-        return y, self._write(state, k, v, T)
+        return y, None if state is None else self._write(state, k, v, T)
 
     def _block(self, q, keys, values, w, b, e) -> torch.Tensor:
         """Queries b..e-1 of this call; keys indexed from the start of `keys` (stream pos - w)."""

@@ -173,11 +173,17 @@ class HybridLM(nn.Module):
         return ModelState([b.mixer.init_state(B, dtype=dtype, device=device) for b in self.blocks], 0)
 
     def forward(
-        self, tokens: torch.Tensor, state: ModelState | None = None, last_only: bool = False
-    ) -> tuple[torch.Tensor, ModelState]:
+        self,
+        tokens: torch.Tensor,
+        state: ModelState | None = None,
+        last_only: bool = False,
+        keep_state: bool = True,
+    ) -> tuple[torch.Tensor, ModelState | None]:
         """tokens [B, T] (int64) -> logits [B, T, V], state. Continues `state`'s stream if given.
         `last_only` gives logits [B, 1, V] for the last position only: streaming needs no more, and
         the vocabulary projection of every fed position would be wasted work.
+        `keep_state=False` (training): a fresh stream whose final state is not wanted; attention
+        layers then build no cache, the logits are the same, and the returned state is None.
 
         Always use the returned state. Without autograd it is the given state, updated in place;
         with autograd a new state is returned and the given one is left as it was."""
@@ -186,8 +192,10 @@ class HybridLM(nn.Module):
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.config.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
         B, T = tokens.shape
+        if not keep_state and state is not None:
+            raise ValueError("keep_state=False runs a fresh stream: pass no state")
         if state is None:
-            state = self.init_state(B, dtype=self.embed.weight.dtype)
+            state = self._fresh_state(B, keep_state)
         elif len(state.layers) != len(self.blocks):
             raise ValueError(f"state has {len(state.layers)} layers, the model has {len(self.blocks)}")
         x = self.embed(tokens)
@@ -198,10 +206,23 @@ class HybridLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         logits = F.linear(self.norm(x), self.embed.weight)  # tied embeddings
+        if not keep_state:
+            return logits, None
         if not any(new is old for new, old in zip(layers, state.layers)):
             return logits, ModelState(layers, state.pos + T)  # rebuilt (autograd): the given one is intact
         state.layers, state.pos = layers, state.pos + T  # updated in place: keep the given one consistent
         return logits, state
+
+    def _fresh_state(self, B: int, keep_state: bool) -> ModelState:
+        if keep_state:
+            return self.init_state(B, dtype=self.embed.weight.dtype)
+        # window layers build no cache (None); the others need their (small) state to run at all
+        dtype, device = self.embed.weight.dtype, self.embed.weight.device
+        mixers = [b.mixer for b in self.blocks]
+        windowed = [isinstance(m, WindowAttention) for m in mixers]
+        return ModelState(
+            [None if w else m.init_state(B, dtype=dtype, device=device) for m, w in zip(mixers, windowed)], 0
+        )
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -150,7 +150,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with autocast:
-            logits, _ = net(tokens[:, :-1])
+            logits, _ = net(tokens[:, :-1], keep_state=False)
         nll = F.cross_entropy(logits.float().flatten(0, 1), tokens[:, 1:].flatten(), reduction="none")
         # sums over this rank's tokens / all ranks' counts; DDP averages gradients over ranks
         loss = (nll * mask.flatten()).sum() * world / counts[0].clamp_min(1)

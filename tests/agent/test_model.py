@@ -149,3 +149,19 @@ def test_last_only_logits_equal_the_last_row_and_advance_the_state_alike():
     assert last.shape == (2, 1, V)
     torch.testing.assert_close(last[:, 0], full[:, -1], rtol=0, atol=1e-12)
     assert a.pos == b.pos == 21
+
+
+@pytest.mark.parametrize("layers", ["swa,ovq", "full,nope", "linear,swa"])
+def test_a_stateless_training_forward_gives_the_same_logits_and_gradients(layers):
+    torch.manual_seed(0)
+    model = HybridLM(ModelConfig.preset("tiny", 50, layers=layers))
+    tokens = torch.randint(0, 50, (2, 40))
+    with_state, state = model(tokens)
+    stateless, none = model(tokens, keep_state=False)
+    assert none is None and state is not None
+    assert torch.equal(with_state, stateless)
+    g1 = torch.autograd.grad(with_state.square().sum(), list(model.parameters()))
+    g2 = torch.autograd.grad(stateless.square().sum(), list(model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+    with pytest.raises(ValueError, match="pass no state"):
+        model(tokens, model.init_state(2), keep_state=False)
