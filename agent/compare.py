@@ -105,10 +105,11 @@ def plot(result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in result["models"]:
         xs = [r["tokens"] for r in m["results"]]
-        ax.plot(xs, [r["exact_match"] for r in m["results"]], marker="o", label=f"{m['layers']}")
+        (line,) = ax.plot(xs, [r["exact_match"] for r in m["results"]], marker="o", label=f"{m['layers']}")
+        ax.plot(xs, [r["token_accuracy"] for r in m["results"]], linestyle="--", color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("test length (tokens)")
-    ax.set_ylabel("exact-match recall")
+    ax.set_ylabel("recall (solid: exact match, dashed: answer tokens)")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{result['task']}@{result['preset']}, {result['examples']} examples per length")
     ax.legend()
