@@ -286,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--model", help="model directory (default: the shipped model)")
     ev.add_argument("--models", help="compare: comma-separated model directories")
-    ev.add_argument("--lengths", help="compare: comma-separated test lengths in characters (target_chars)")
+    ev.add_argument(
+        "--lengths", help="compare: comma-separated test lengths (values of --length-field: characters)"
+    )
     ev.add_argument(
         "--length-field",
         default="target_chars",

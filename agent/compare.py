@@ -17,16 +17,14 @@ from agent.evaluate import evaluate_recall
 from agent.tasks import make_task
 
 
-def state_bytes_at(model, tokens: int) -> int:
-    """Bytes of streaming state after `tokens` tokens: a bounded (full-attention) layer's cache is
-    allocated at its bound but holds min(tokens, bound) rows, so count those; the rest is fixed."""
-    total = 0
-    for s in model.init_state(1).layers:
-        if isinstance(s, WindowState) and s.bounded:
-            total += s.nbytes * min(tokens, s.keys.shape[2]) // s.keys.shape[2]
-        else:
-            total += s.nbytes
-    return total
+def state_bytes_at(states: list, tokens: int) -> int:
+    """Bytes of streaming state after `tokens` tokens, from a model's fresh layer states: a bounded
+    (full-attention) layer's cache is allocated at its bound but holds min(tokens, bound) rows, so
+    count those; the rest is fixed."""
+    return sum(
+        s.nbytes * min(tokens, s.window) // s.window if isinstance(s, WindowState) and s.bounded else s.nbytes
+        for s in states
+    )
 
 
 def compare(
@@ -49,17 +47,18 @@ def compare(
     for path in models:
         loaded = load_model(path)
         model, cfg = loaded.model, loaded.model.config
+        states = model.init_state(1).layers  # allocated once per model, for its byte counts
         results = []
-        for chars in lengths:
-            r = evaluate_recall(model, loaded.tokenizer, task, preset, n, seed, **{length_field: chars})
+        for length in lengths:
+            r = evaluate_recall(model, loaded.tokenizer, task, preset, n, seed, **{length_field: length})
             results.append(
                 {
-                    "chars": chars,
+                    "length": length,
                     "tokens": r["max_tokens"],
                     "exact_match": r["exact_match"],
                     "token_accuracy": r["token_accuracy"],
                     "answers": r["answers"],
-                    "state_bytes": state_bytes_at(model, r["max_tokens"]),
+                    "state_bytes": state_bytes_at(states, r["max_tokens"]),
                     "by_distance_tokens": r["by_distance_tokens"],
                     **({"by_chunk_updates": r["by_chunk_updates"]} if "by_chunk_updates" in r else {}),
                 }

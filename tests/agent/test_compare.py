@@ -32,7 +32,7 @@ def test_compare_scores_every_model_at_every_length(models):
     ovq, full = result["models"]
     assert [m["layers"] for m in result["models"]] == ["swa,ovq", "swa,full"]
     for m in (ovq, full):
-        assert [r["chars"] for r in m["results"]] == LENGTHS
+        assert [r["length"] for r in m["results"]] == LENGTHS
         assert all(0 <= r["exact_match"] <= 1 and r["answers"] > 0 for r in m["results"])
     # the same examples for both models: same answer counts and lengths in tokens
     assert [r["answers"] for r in ovq["results"]] == [r["answers"] for r in full["results"]]
