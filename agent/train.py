@@ -27,7 +27,7 @@ from agent.checkpoint import load_model, save_model
 from agent.model import HybridLM, ModelConfig
 from agent.tasks import answer_token_mask, derive_seed
 from agent.tokenizer import BOS, PAD, Tokenizer
-from agent.train_config import TrainConfig, parse_mix
+from agent.train_config import TrainConfig, parse_mix, parse_ovq
 
 TRAIN_STATE, OPTIM = "train_state.json", "optimizer.safetensors"
 
@@ -125,6 +125,8 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
             tokenizer = train_tokenizer(mix, cfg)
         config = ModelConfig.from_json((out / "config.json").read_text()) if resume else None
         overrides = {**({"layers": cfg.layers} if cfg.layers else {}), **(model_overrides or {})}
+        if cfg.ovq:
+            overrides.setdefault("ovq", parse_ovq(cfg.ovq))
         config = config or ModelConfig.preset(cfg.preset, tokenizer.vocab_size, **overrides)
         model = HybridLM(config).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]

@@ -12,6 +12,7 @@ class TrainConfig:
     out: str = "runs/model"
     preset: str = "default"  # ModelConfig preset
     layers: str | None = None  # override the preset's layer pattern, e.g. "swa,full" for a baseline
+    ovq: str | None = None  # override the preset's OVQ memory: "L,N" or "L,N,schedule", e.g. "32,256,linear"
     tasks: str = "memory_dialogue:1"  # task mix "name[@preset]:weight,..."
     steps: int = 1000
     batch_size: int = 8  # global batch, in sequences
@@ -41,8 +42,10 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
         if self.init is not None and self.tokenizer is not None:
             raise ValueError("--init brings its model's own tokenizer; drop --tokenizer")
-        if self.init is not None and self.layers is not None:
-            raise ValueError("--init brings its model's own layers; drop --layers")
+        if self.init is not None and (self.layers is not None or self.ovq is not None):
+            raise ValueError("--init brings its model's own layers; drop --layers and --ovq")
+        if self.ovq is not None:
+            parse_ovq(self.ovq)
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lm_weight >= 0:
@@ -50,6 +53,19 @@ class TrainConfig:
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise ValueError(f"stop_at must lie in [1, steps={self.steps}], got {self.stop_at}")
         parse_mix(self.tasks)
+
+
+def parse_ovq(spec: str):
+    """ "L,N[,schedule]" -> memory.OVQConfig(chunk_size=L, capacity=N, schedule) (default plateau)."""
+    from memory.config import OVQConfig  # torch comes with it: only when a config is built
+
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]):
+        raise ValueError(f"--ovq takes 'L,N' or 'L,N,schedule' with integers L and N, got {spec!r}")
+    try:
+        return OVQConfig(int(parts[0]), int(parts[1]), *parts[2:])
+    except ValueError as e:
+        raise ValueError(f"--ovq {spec!r}: {e}") from None
 
 
 def parse_mix(spec: str) -> list[tuple[BoundTask, float]]:

@@ -67,6 +67,12 @@ def test_layers_overrides_the_preset_pattern_for_baselines(tmp_path, tokenizer_p
     assert ModelConfig.from_json((out / "config.json").read_text()).layers == "swa,linear"
 
 
+def test_ovq_overrides_the_preset_memory(tmp_path, tokenizer_path):
+    out = train(config(tmp_path / "exact", tokenizer_path, ovq="8,128,linear", steps=1))
+    ovq = ModelConfig.from_json((out / "config.json").read_text()).ovq
+    assert (ovq.chunk_size, ovq.capacity, ovq.schedule) == (8, 128, "linear")
+
+
 def _ddp_worker(rank, world, port, cfg):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
@@ -134,5 +140,15 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(init="default", layers="swa,full")
     with pytest.raises(ValueError, match="workers"):
         TrainConfig(workers=-1)
+    with pytest.raises(ValueError, match="'L,N' or 'L,N,schedule'"):
+        TrainConfig(ovq="32")
+    with pytest.raises(ValueError, match="integers L and N, got '32,x'"):
+        TrainConfig(ovq="32,x")
+    with pytest.raises(ValueError, match="--ovq '32,256,cosine': schedule must be one of"):
+        TrainConfig(ovq="32,256,cosine")
+    with pytest.raises(ValueError, match=r"--ovq '1,1': .* creates no slot"):
+        TrainConfig(ovq="1,1")
+    with pytest.raises(ValueError, match="own layers"):
+        TrainConfig(init="default", ovq="32,256")
     assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
