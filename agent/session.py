@@ -280,7 +280,7 @@ class Session:
 
     def _restore(self, snapshot_id: int) -> None:
         """Decode and build the whole state, then swap it in: a failure changes nothing."""
-        _, data = self._store().load(snapshot_id, verify=False)  # decode verifies every frame's SHA-256
+        _, data = self._store().load(snapshot_id, verify=False)  # decode verifies every frame's digest
         try:
             snap = decode(data, expect_fingerprint=self.runtime.fingerprint)
             state = restore_state(snap.state, self.runtime.model)

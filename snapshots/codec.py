@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 import sys
 import zlib
 from collections.abc import Callable, Mapping
@@ -22,14 +23,15 @@ from typing import Any
 
 import msgpack
 import torch
+import xxhash
 
 from snapshots.errors import ChecksumError, CorruptSnapshot, FingerprintMismatch, SnapshotError, VersionError
-from snapshots.frame import DIGEST_SIZE, Frame, frame, unframe, unpack
+from snapshots.frame import DIGEST_SIZE, SHA256, Frame, frame, unframe, unpack
 
 if sys.byteorder != "little":  # tensor bytes are written as they lie in memory
     raise ImportError("snapshots.codec assumes a little-endian host")
 
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 MAX_BYTES = 1 << 32  # default decode limit for one snapshot, all parts together
 MAX_DEPTH = 64  # nesting of dicts/lists; deeper trees are malformed, and recursion stays bounded
 MAX_NDIM = 16
@@ -39,10 +41,12 @@ KIND_SNAPSHOT = 1  # a whole snapshot, or the envelope of a split one
 KIND_PART = 2  # one subtree of a split snapshot's state
 ENVELOPE = "snapshot"  # the part name of the envelope in `encode_parts` output
 
-_EXT_TENSOR = 1
+_EXT_TENSOR_V1 = 1  # v1: the tensor inline, a msgpack map with its bytes and CRC-32
 _EXT_PART_REF = 2
+_EXT_TENSOR = 3  # v2: [dtype, shape, offset, nbytes, xxh3-64]; the bytes lie in the body's data region
 _PAYLOAD_KEYS = ("fingerprint", "position", "state", "meta")
-_TENSOR_KEYS = {"dtype", "shape", "data", "crc"}
+_TENSOR_KEYS_V1 = {"dtype", "shape", "data", "crc"}
+_TREE_LEN = struct.Struct("<Q")  # v2 body: u64 tree length, msgpack tree, data region
 _FINGERPRINT = re.compile(r"[0-9a-f]{1,128}")
 
 DTYPES: dict[str, torch.dtype] = {
@@ -72,31 +76,31 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class TensorRecord:
-    """A tensor as stored: dtype name, shape, raw little-endian bytes and their CRC-32.
+    """A tensor as stored: dtype name, shape and raw little-endian bytes (already checked against the
+    stored checksum when decoded).
 
     This is what migrations see in place of tensors; they may return records or torch tensors.
     """
 
     dtype: str
     shape: tuple[int, ...]
-    data: bytes
-    crc: int
+    data: bytes | memoryview
 
     @classmethod
     def from_tensor(cls, t: torch.Tensor, path: str = "tensor") -> TensorRecord:
+        """A record whose data is a view of the tensor's CPU bytes (no copy for a contiguous CPU tensor)."""
         name = _DTYPE_NAMES.get(t.dtype)
         if name is None:
             raise TypeError(f"{path}: unsupported dtype {t.dtype} (supported: {', '.join(DTYPES)})")
         if t.layout != torch.strided:
             raise TypeError(f"{path}: only dense (strided) tensors can be encoded, got {t.layout}")
         flat = t.detach().to("cpu").contiguous().reshape(-1)
-        data = flat.view(torch.uint8).numpy().tobytes()
-        return cls(name, tuple(t.shape), data, zlib.crc32(data))
+        return cls(name, tuple(t.shape), memoryview(flat.view(torch.uint8).numpy()))
 
     def to_tensor(self) -> torch.Tensor:
         """A fresh, writable, contiguous tensor with exactly the stored bits."""
         dtype = DTYPES[self.dtype]
-        if not self.data:  # frombuffer refuses empty buffers
+        if not len(self.data):  # frombuffer refuses empty buffers
             return torch.empty(self.shape, dtype=dtype)
         # bytearray: the tensor owns a private, writable copy instead of aliasing the blob.
         return torch.frombuffer(bytearray(self.data), dtype=dtype).reshape(self.shape)
@@ -105,7 +109,7 @@ class TensorRecord:
 @dataclass(frozen=True)
 class _PartRef:
     name: str
-    digest: bytes  # the SHA-256 trailer of the part's frame
+    digest: bytes  # the digest trailer of the part's frame
 
 
 @dataclass(frozen=True)
@@ -149,11 +153,18 @@ def _check_version(version: int, what: str) -> None:
         raise VersionError(f"{what}: format v{version} is too old: no migration from v{missing[0]}")
 
 
+@migration(1)
+def _v1_to_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """v2 changed the wire layout only (tensor bytes in a data region after the tree, xxh3-64 per
+    tensor in place of CRC-32, BLAKE3 frame digests); the payload tree is the same."""
+    return payload
+
+
 # -- encoding -------------------------------------------------------------------------------------
 
 
 def encode(snap: Snapshot) -> bytes:
-    """One self-contained blob (header, msgpack body, SHA-256 trailer)."""
+    """One self-contained blob (header, body, digest trailer)."""
     return encode_raw(_payload(snap), version=CURRENT_VERSION)
 
 
@@ -177,8 +188,7 @@ def encode_parts(snap: Snapshot) -> dict[str, bytes]:
     }
 
     def encode_part(name: str) -> bytes:
-        body = msgpack.packb(_pack(named[name], name, 1), use_bin_type=True)
-        return frame(MAGIC, CURRENT_VERSION, KIND_PART, body)
+        return _frame(CURRENT_VERSION, KIND_PART, _encode_body(named[name], name, 1, CURRENT_VERSION))
 
     # checksums and digests release the GIL: the parts are encoded on all cores at once
     parts = dict(zip(named, _pool().map(encode_part, named)))
@@ -202,9 +212,37 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def encode_raw(payload: dict[str, Any], *, version: int) -> bytes:
-    """Frame a plain payload at any format version, without checking it. For tests and migration tools."""
-    body = msgpack.packb(_pack(payload, "payload", 0), use_bin_type=True)
-    return frame(MAGIC, version, KIND_SNAPSHOT, body)
+    """Frame a plain payload at any format version, in that version's layout (v1: inline tensors with
+    CRC-32, SHA-256 frame), without checking it. For tests and migration tools."""
+    return _frame(version, KIND_SNAPSHOT, _encode_body(payload, "payload", 0, version))
+
+
+def _frame(version: int, kind: int, pieces: list[Any]) -> bytes:
+    return frame(MAGIC, version, kind, pieces, **({"digest": SHA256} if version < 2 else {}))
+
+
+@dataclass
+class _Region:
+    """The data region of a v2 body being written: tensor bytes back to back, in tree order."""
+
+    pieces: list[Any] = field(default_factory=list)
+    size: int = 0
+
+    def add(self, data: bytes | memoryview) -> tuple[int, int]:
+        offset, n = self.size, memoryview(data).nbytes
+        self.pieces.append(data)
+        self.size += n
+        return offset, n
+
+
+def _encode_body(node: Any, path: str, depth: int, version: int) -> list[Any]:
+    """The pieces of a frame body. v2: u64 tree length, msgpack tree, data region (no tensor copy
+    until the frame joins the pieces). v1: one msgpack object with tensors inline."""
+    if version < 2:
+        return [msgpack.packb(_pack(node, path, depth, None), use_bin_type=True)]
+    region = _Region()
+    tree = msgpack.packb(_pack(node, path, depth, region), use_bin_type=True)
+    return [_TREE_LEN.pack(len(tree)), tree, *region.pieces]
 
 
 def _payload(snap: Snapshot) -> dict[str, Any]:
@@ -224,8 +262,9 @@ def _payload(snap: Snapshot) -> dict[str, Any]:
     }
 
 
-def _pack(node: Any, path: str, depth: int) -> Any:
-    """Check the tree grammar and swap tensors (and part refs) for msgpack extensions."""
+def _pack(node: Any, path: str, depth: int, region: _Region | None) -> Any:
+    """Check the tree grammar and swap tensors (and part refs) for msgpack extensions; a v2 body's
+    tensor bytes go to `region`, a v1 body's (region None) inline."""
     if depth > MAX_DEPTH:
         raise TypeError(f"{path}: nested deeper than {MAX_DEPTH}")
     kind = type(node)
@@ -240,15 +279,20 @@ def _pack(node: Any, path: str, depth: int) -> Any:
         for k, v in node.items():
             if type(k) is not str:
                 raise TypeError(f"{path}: map keys must be str, got {type(k).__name__} {k!r}")
-            out[k] = _pack(v, f"{path}.{k}", depth + 1)
+            out[k] = _pack(v, f"{path}.{k}", depth + 1, region)
         return out
     if isinstance(node, list):
-        return [_pack(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node)]
+        return [_pack(v, f"{path}[{i}]", depth + 1, region) for i, v in enumerate(node)]
     if isinstance(node, torch.Tensor):
         node = TensorRecord.from_tensor(node, path)
+    if isinstance(node, TensorRecord) and region is None:
+        data = bytes(node.data)
+        fields = {"dtype": node.dtype, "shape": list(node.shape), "data": data, "crc": zlib.crc32(data)}
+        return msgpack.ExtType(_EXT_TENSOR_V1, msgpack.packb(fields, use_bin_type=True))
     if isinstance(node, TensorRecord):
-        fields = {"dtype": node.dtype, "shape": list(node.shape), "data": node.data, "crc": node.crc}
-        return msgpack.ExtType(_EXT_TENSOR, msgpack.packb(fields, use_bin_type=True))
+        offset, n = region.add(node.data)
+        header = [node.dtype, list(node.shape), offset, n, xxhash.xxh3_64_intdigest(node.data)]
+        return msgpack.ExtType(_EXT_TENSOR, msgpack.packb(header, use_bin_type=True))
     if isinstance(node, _PartRef):
         return msgpack.ExtType(_EXT_PART_REF, msgpack.packb([node.name, node.digest], use_bin_type=True))
     hint = " (use a list)" if kind is tuple else ""
@@ -293,17 +337,19 @@ def decode(
         if part.version != env.version:
             raise CorruptSnapshot(f"part {ref.name!r} is format v{part.version}, its snapshot v{env.version}")
         used.add(ref.name)
-        return _resolve(_parse(part.body, f"part {ref.name!r}"), ref.name, depth, None)
+        body = _Body(part, f"part {ref.name!r}")
+        return body.finish(_resolve(body.tree, ref.name, depth, None, body))
 
-    # The envelope names the parts; they are then checked and read on all cores at once (SHA-256 and
-    # CRC-32 release the GIL). Errors are raised in the order the parts are referenced.
+    # The envelope names the parts; they are then checked and read on all cores at once (the digests
+    # release the GIL). Errors are raised in the order the parts are referenced.
     deferred: list[tuple[_PartRef, int]] = []
 
     def defer(ref: _PartRef, depth: int) -> _Deferred:
         deferred.append((ref, depth))
         return _Deferred(len(deferred) - 1)
 
-    tree = _resolve(_parse(env.body, "snapshot"), "payload", 0, defer)
+    env_body = _Body(env, "snapshot")
+    tree = env_body.finish(_resolve(env_body.tree, "payload", 0, defer, env_body))
     loaded = list(_pool().map(lambda item: _attempt(load_part, *item), deferred))
     for value in loaded:
         if isinstance(value, SnapshotError):
@@ -356,16 +402,68 @@ def _unframe(blob: Any, what: str, kind: int) -> Frame:
     return f
 
 
-def _parse(body: memoryview, what: str) -> Any:
+class _Body:
+    """A frame's body, parsed: its tree and, from v2, the data region its tensors' bytes lie in."""
+
+    def __init__(self, f: Frame, what: str) -> None:
+        self.what, self.cursor = what, 0  # cursor: where the next tensor's bytes must start
+        if f.version < 2:
+            self.region, tree, self.tensor_code = None, f.body, _EXT_TENSOR_V1
+        else:
+            if len(f.body) < _TREE_LEN.size:
+                raise CorruptSnapshot(f"{what}: body of {len(f.body)} bytes has no tree length")
+            (m,) = _TREE_LEN.unpack_from(f.body)
+            if m > len(f.body) - _TREE_LEN.size:
+                raise CorruptSnapshot(f"{what}: tree length {m} runs past the body")
+            tree, self.region = f.body[_TREE_LEN.size : _TREE_LEN.size + m], f.body[_TREE_LEN.size + m :]
+            self.tensor_code = _EXT_TENSOR
+        self.tree = _parse(tree, what, self.tensor_code)
+
+    def tensor(self, data: bytes, path: str) -> TensorRecord:
+        if self.region is None:
+            return _read_tensor_v1(data, path)
+        m = unpack(data, f"{path} (tensor)")
+        if type(m) is not list or len(m) != 5:
+            raise CorruptSnapshot(f"{path}: a tensor must be [dtype, shape, offset, nbytes, xxh3]")
+        dtype, shape, offset, nbytes, check = m
+        expected = _check_dtype_and_shape(dtype, shape, path)
+        if not all(type(x) is int for x in (offset, nbytes, check)):
+            raise CorruptSnapshot(f"{path}: tensor offset, nbytes and xxh3 must be ints")
+        if nbytes != expected:
+            raise CorruptSnapshot(f"{path}: {dtype}{shape} needs {expected} bytes, got {nbytes}")
+        if offset != self.cursor:
+            raise CorruptSnapshot(
+                f"{path}: tensor bytes at offset {offset}, expected {self.cursor} (back to back, tree order)"
+            )
+        if offset + nbytes > len(self.region):
+            end = f"{offset} + {nbytes} > {len(self.region)}"
+            raise CorruptSnapshot(f"{path}: tensor bytes run past the body ({end})")
+        raw = self.region[offset : offset + nbytes]
+        if xxhash.xxh3_64_intdigest(raw) != check:
+            raise ChecksumError(f"{path}: tensor xxh3-64 mismatch")
+        self.cursor += nbytes
+        return TensorRecord(dtype, tuple(shape), raw)
+
+    def finish(self, tree: Any) -> Any:
+        """`tree`, once every byte of the data region has been claimed by a tensor."""
+        if self.region is not None and self.cursor != len(self.region):
+            extra = len(self.region) - self.cursor
+            raise CorruptSnapshot(f"{self.what}: {extra} data bytes belong to no tensor")
+        return tree
+
+
+def _parse(tree: memoryview, what: str, tensor_code: int) -> Any:
     def ext_hook(code: int, data: bytes) -> _Ext:
-        if code not in (_EXT_TENSOR, _EXT_PART_REF):
+        if code not in (tensor_code, _EXT_PART_REF):
             raise CorruptSnapshot(f"{what}: unknown extension type {code}")
         return _Ext(code, data)
 
-    return unpack(body, what, ext_hook)
+    return unpack(tree, what, ext_hook)
 
 
-def _resolve(node: Any, path: str, depth: int, load_part: Callable[[_PartRef, int], Any] | None) -> Any:
+def _resolve(
+    node: Any, path: str, depth: int, load_part: Callable[[_PartRef, int], Any] | None, body: _Body
+) -> Any:
     """Validate a parsed tree; turn extensions into checked TensorRecords, and part refs into the
     parts' trees (`load_part`; None where refs are not allowed)."""
     if depth > MAX_DEPTH:
@@ -376,11 +474,11 @@ def _resolve(node: Any, path: str, depth: int, load_part: Callable[[_PartRef, in
     if kind is dict:
         if not all(type(k) is str for k in node):
             raise CorruptSnapshot(f"{path}: map keys must be str")
-        return {k: _resolve(v, f"{path}.{k}", depth + 1, load_part) for k, v in node.items()}
+        return {k: _resolve(v, f"{path}.{k}", depth + 1, load_part, body) for k, v in node.items()}
     if kind is list:
-        return [_resolve(v, f"{path}[{i}]", depth + 1, load_part) for i, v in enumerate(node)]
-    if kind is _Ext and node.code == _EXT_TENSOR:
-        return _read_tensor(node.data, path)
+        return [_resolve(v, f"{path}[{i}]", depth + 1, load_part, body) for i, v in enumerate(node)]
+    if kind is _Ext and node.code == body.tensor_code:
+        return body.tensor(node.data, path)
     if kind is _Ext and node.code == _EXT_PART_REF:
         if load_part is None:
             raise CorruptSnapshot(f"{path}: part reference where none may be")
@@ -391,23 +489,28 @@ def _resolve(node: Any, path: str, depth: int, load_part: Callable[[_PartRef, in
     raise CorruptSnapshot(f"{path}: unexpected {kind.__name__} value")
 
 
-def _read_tensor(data: bytes, path: str) -> TensorRecord:
-    m = unpack(data, f"{path} (tensor)")
-    if type(m) is not dict or m.keys() != _TENSOR_KEYS:
-        raise CorruptSnapshot(f"{path}: a tensor must be a map with keys {sorted(_TENSOR_KEYS)}")
-    dtype, shape, raw, crc = m["dtype"], m["shape"], m["data"], m["crc"]
+def _check_dtype_and_shape(dtype: Any, shape: Any, path: str) -> int:
+    """The byte count of a valid dtype and shape."""
     if type(dtype) is not str or dtype not in DTYPES:
         raise CorruptSnapshot(f"{path}: unknown dtype {dtype!r}")
     if type(shape) is not list or len(shape) > MAX_NDIM or any(type(d) is not int or d < 0 for d in shape):
         raise CorruptSnapshot(f"{path}: bad shape {shape!r}")
+    return math.prod(shape) * DTYPES[dtype].itemsize
+
+
+def _read_tensor_v1(data: bytes, path: str) -> TensorRecord:
+    m = unpack(data, f"{path} (tensor)")
+    if type(m) is not dict or m.keys() != _TENSOR_KEYS_V1:
+        raise CorruptSnapshot(f"{path}: a tensor must be a map with keys {sorted(_TENSOR_KEYS_V1)}")
+    dtype, shape, raw, crc = m["dtype"], m["shape"], m["data"], m["crc"]
+    expected = _check_dtype_and_shape(dtype, shape, path)
     if type(raw) is not bytes or type(crc) is not int:
         raise CorruptSnapshot(f"{path}: tensor data must be bytes and crc an int")
-    expected = math.prod(shape) * DTYPES[dtype].itemsize
     if len(raw) != expected:
         raise CorruptSnapshot(f"{path}: {dtype}{shape} needs {expected} bytes, got {len(raw)}")
     if zlib.crc32(raw) != crc:
         raise ChecksumError(f"{path}: tensor CRC-32 mismatch")
-    return TensorRecord(dtype, tuple(shape), raw, crc)
+    return TensorRecord(dtype, tuple(shape), raw)
 
 
 def _check_payload(payload: Any) -> Snapshot:

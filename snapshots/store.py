@@ -22,7 +22,7 @@ import msgpack
 import platformdirs
 
 from snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotNotFound, VersionError
-from snapshots.frame import DIGEST_SIZE, declared_digest, frame, unframe, unpack
+from snapshots.frame import declared_digest, digest_matches, frame, unframe, unpack
 
 SCHEMA_VERSION = 1
 EXPORT_MAGIC = b"OVQX"
@@ -46,23 +46,24 @@ def default_path() -> Path:
 
 
 def content_key(blob: bytes) -> bytes:
-    """The key a blob is stored under: its SHA-256. A frame (snapshots.frame) already ends in the
-    SHA-256 of everything before it, which identifies it as well; that trailer is the key as is, so
-    saving hashes each byte once (in the codec), not twice. A trailer that lies is caught wherever
-    blobs are checked (`key_matches`: load with verify, the codec's decode, import, overwrites)."""
+    """The key a blob is stored under. A frame (snapshots.frame) already ends in a digest (BLAKE3, or
+    SHA-256 in older frames) of everything before it, which identifies it; that trailer is the key as
+    is, so saving hashes each byte once (in the codec), not twice. Any other blob: its SHA-256. A
+    trailer that lies is caught wherever blobs are checked (`key_matches`: load with verify, the
+    codec's decode, import, overwrites)."""
     return declared_digest(blob) or hashlib.sha256(blob).digest()
 
 
 def key_matches(blob: bytes, key: bytes) -> bool:
     """Whether `blob` really has content key `key` (either form of `content_key`)."""
     if declared_digest(blob) == key:
-        return hashlib.sha256(memoryview(blob)[:-DIGEST_SIZE]).digest() == key
+        return digest_matches(blob)
     return hashlib.sha256(blob).digest() == key
 
 
 @dataclass(frozen=True)
 class SnapshotInfo:
-    """A snapshot record. `parts` maps part names to SHA-256 hex digests of their blobs."""
+    """A snapshot record. `parts` maps part names to the content keys (hex) of their blobs."""
 
     id: int
     session: str
@@ -420,7 +421,7 @@ class SnapshotStore:
     ) -> SnapshotInfo:
         """Store a new snapshot of `session` and make it the head, in one durable transaction.
 
-        `data` is one blob or named parts (e.g. `codec.encode_parts`); parts are stored by SHA-256, so
+        `data` is one blob or named parts (e.g. `codec.encode_parts`); parts are stored by content key, so
         parts equal to any stored ones cost nothing. `load` returns `data` in the form it was given.
         `meta` is small JSON-like data kept in the record; its "tokens_seen" is shown by `list`.
         """
@@ -457,7 +458,7 @@ class SnapshotStore:
         return self._write(write)
 
     def load(self, snapshot_id: int, verify: bool = True) -> tuple[SnapshotInfo, bytes | dict[str, bytes]]:
-        """(info, data) with `data` as given to `save`; every blob is checked against its SHA-256.
+        """(info, data) with `data` as given to `save`; every blob is checked against its content key.
         `verify=False` skips the hash (not the missing-blob check) for callers whose decoder checks
         every byte again anyway, like `snapshots.codec.decode`.
 

@@ -1,5 +1,7 @@
 """Shared test data for tests/snapshots."""
 
+import struct
+
 import torch
 
 from snapshots import codec
@@ -31,6 +33,11 @@ def make_snapshot(seed: int = 0, n_layers: int = 3, position: int = 42, width: i
 def reframe(body: bytes, version: int = codec.CURRENT_VERSION, kind: int = codec.KIND_SNAPSHOT) -> bytes:
     """A validly framed blob around an arbitrary body: reaches the strict parser past the checksum."""
     return frame(codec.MAGIC, version, kind, body)
+
+
+def v2_body(tree: bytes, region: bytes = b"") -> bytes:
+    """A v2 body: u64 tree length, the (msgpack) tree, the tensor data region."""
+    return struct.pack("<Q", len(tree)) + tree + region
 
 
 def body_of(blob: bytes) -> bytes:

@@ -1,6 +1,5 @@
 """Codec: exact round trips, strict decoding with typed errors, migrations."""
 
-import hashlib
 import math
 import struct
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import torch
+import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +22,10 @@ from snapshots.errors import (
     SnapshotError,
     VersionError,
 )
-from tests.snapshots.helpers import FP, body_of, make_snapshot, reframe
+from snapshots.frame import SHA256, frame
+from tests.snapshots.helpers import FP, body_of, make_snapshot, reframe, v2_body
+
+DATA = Path(__file__).parent / "data"
 
 
 def bits(t: torch.Tensor) -> bytes:
@@ -188,37 +191,106 @@ def test_truncation_and_trailing_bytes(snapshot):
         codec.decode(blob, max_bytes=len(blob) - 1)
 
 
+REGION = bytes(8)  # two float32 zeros
+
+
 def _tensor_ext(**fields):
-    base = {"dtype": "float32", "shape": [2], "data": bytes(8), "crc": 0}
-    return msgpack.ExtType(1, msgpack.packb({**base, **fields}))
+    """A v2 tensor header over REGION (valid unless `fields` says otherwise)."""
+    f = {"dtype": "float32", "shape": [2], "offset": 0, "nbytes": 8, "xxh3": xxhash.xxh3_64_intdigest(REGION)}
+    f.update(fields)
+    return msgpack.ExtType(3, msgpack.packb([f["dtype"], f["shape"], f["offset"], f["nbytes"], f["xxh3"]]))
+
+
+def _payload(state) -> bytes:
+    return msgpack.packb({"fingerprint": FP, "position": 0, "state": state, "meta": {}}, use_bin_type=True)
 
 
 @pytest.mark.parametrize(
-    "state, error, match",
+    "state, region, error, match",
     [
-        ({"t": _tensor_ext(crc=123)}, ChecksumError, "CRC"),
-        ({"t": _tensor_ext(dtype="complex64")}, CorruptSnapshot, "unknown dtype"),
-        ({"t": _tensor_ext(shape=[3])}, CorruptSnapshot, "needs 12 bytes, got 8"),
-        ({"t": _tensor_ext(shape=[-2])}, CorruptSnapshot, "bad shape"),
-        ({"t": _tensor_ext(shape=2)}, CorruptSnapshot, "bad shape"),
-        ({"t": _tensor_ext(data="text")}, CorruptSnapshot, "must be bytes"),
-        ({"t": msgpack.ExtType(1, msgpack.packb({"dtype": "float32"}))}, CorruptSnapshot, "keys"),
-        ({"t": msgpack.ExtType(9, b"")}, CorruptSnapshot, "unknown extension type 9"),
-        ({"t": msgpack.ExtType(2, msgpack.packb(["x", bytes(32)]))}, CorruptSnapshot, "part 'x' is missing"),
-        ({"t": msgpack.Timestamp(0)}, CorruptSnapshot, "unexpected Timestamp"),
+        ({"t": _tensor_ext(xxh3=123)}, REGION, ChecksumError, "xxh3-64 mismatch"),
+        ({"t": _tensor_ext(dtype="complex64")}, REGION, CorruptSnapshot, "unknown dtype"),
+        ({"t": _tensor_ext(shape=[3])}, REGION, CorruptSnapshot, "needs 12 bytes, got 8"),
+        ({"t": _tensor_ext(shape=[-2])}, REGION, CorruptSnapshot, "bad shape"),
+        ({"t": _tensor_ext(shape=2)}, REGION, CorruptSnapshot, "bad shape"),
+        ({"t": _tensor_ext(offset=4)}, REGION + bytes(4), CorruptSnapshot, "offset 4, expected 0"),
+        ({"t": _tensor_ext(offset="0")}, REGION, CorruptSnapshot, "must be ints"),
+        ({"t": _tensor_ext()}, REGION[:4], CorruptSnapshot, "run past the body"),
+        ({"t": _tensor_ext()}, REGION + b"x", CorruptSnapshot, "1 data bytes belong to no tensor"),
+        ({"t": _tensor_ext(), "u": _tensor_ext()}, REGION * 2, CorruptSnapshot, "offset 0, expected 8"),
+        (
+            {"t": msgpack.ExtType(3, msgpack.packb(["float32", [2]]))},
+            REGION,
+            CorruptSnapshot,
+            "must be \\[dtype",
+        ),
+        ({"t": msgpack.ExtType(1, b"")}, REGION, CorruptSnapshot, "unknown extension type 1"),  # v1's tensor
+        ({"t": msgpack.ExtType(9, b"")}, b"", CorruptSnapshot, "unknown extension type 9"),
+        (
+            {"t": msgpack.ExtType(2, msgpack.packb(["x", bytes(32)]))},
+            b"",
+            CorruptSnapshot,
+            "part 'x' is missing",
+        ),
+        ({"t": msgpack.Timestamp(0)}, b"", CorruptSnapshot, "unexpected Timestamp"),
     ],
 )
-def test_strict_tensor_and_tree_checks(state, error, match):
-    body = msgpack.packb({"fingerprint": FP, "position": 0, "state": state, "meta": {}}, use_bin_type=True)
+def test_strict_tensor_and_tree_checks(state, region, error, match):
     with pytest.raises(error, match=match):
+        codec.decode(reframe(v2_body(_payload(state), region)))
+
+
+def test_a_valid_hand_built_tensor_is_accepted():
+    two = {"t": _tensor_ext(), "u": _tensor_ext(offset=8)}
+    out = codec.decode(reframe(v2_body(_payload(two), REGION * 2)))
+    assert out.state["t"].tolist() == out.state["u"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "body, match", [(b"", "no tree length"), (struct.pack("<Q", 99) + b"x", "runs past")]
+)
+def test_body_layout_checks(body, match):
+    with pytest.raises(CorruptSnapshot, match=match):
         codec.decode(reframe(body))
 
 
-def test_good_crc_is_accepted():
-    body = msgpack.packb(
-        {"fingerprint": FP, "position": 0, "state": {"t": _tensor_ext(crc=zlib.crc32(bytes(8)))}, "meta": {}}
-    )
-    assert codec.decode(reframe(body)).state["t"].tolist() == [0.0, 0.0]
+def _v1_tensor_ext(**fields):
+    base = {"dtype": "float32", "shape": [2], "data": bytes(8), "crc": zlib.crc32(bytes(8))}
+    return msgpack.ExtType(1, msgpack.packb({**base, **fields}))
+
+
+def test_v1_tensors_are_still_checked_strictly():
+    def v1(state):
+        return reframe(_payload(state), version=1)
+
+    assert codec.decode(v1({"t": _v1_tensor_ext()})).state["t"].tolist() == [0.0, 0.0]
+    with pytest.raises(ChecksumError, match="CRC-32 mismatch"):
+        codec.decode(v1({"t": _v1_tensor_ext(crc=123)}))
+    with pytest.raises(CorruptSnapshot, match="needs 12 bytes, got 8"):
+        codec.decode(v1({"t": _v1_tensor_ext(shape=[3])}))
+    with pytest.raises(CorruptSnapshot, match="must be bytes"):
+        codec.decode(v1({"t": _v1_tensor_ext(data="text")}))
+    with pytest.raises(CorruptSnapshot, match="keys"):
+        codec.decode(v1({"t": msgpack.ExtType(1, msgpack.packb({"dtype": "float32"}))}))
+    with pytest.raises(CorruptSnapshot, match="unknown extension type 3"):  # v2's tensor in a v1 body
+        codec.decode(v1({"t": _tensor_ext()}))
+
+
+def test_snapshots_written_by_format_v1_read_back_identically():
+    """Files written by the v1 codec (SHA-256 frames, inline tensors with CRC-32), kept as test data."""
+    expected = make_snapshot(seed=5)
+    whole = (DATA / "v1_snapshot.bin").read_bytes()
+    parts = msgpack.unpackb((DATA / "v1_parts.msgpack").read_bytes(), raw=False)
+    assert whole[4:8] == bytes([1, 0, codec.KIND_SNAPSHOT, SHA256])  # version 1, SHA-256 trailer
+    for data in (whole, parts):
+        out = codec.decode(data, expect_fingerprint=FP)
+        assert out.version == codec.CURRENT_VERSION
+        assert_trees_identical(out.state, expected.state)
+        assert_trees_identical(out.meta, expected.meta)
+    bad = bytearray(whole)
+    bad[200] ^= 1
+    with pytest.raises(ChecksumError, match="SHA-256 mismatch"):
+        codec.decode(bytes(bad))
 
 
 @pytest.mark.parametrize(
@@ -247,18 +319,22 @@ def test_good_crc_is_accepted():
 )
 def test_strict_payload_checks(body, match):
     with pytest.raises(CorruptSnapshot, match=match):
-        codec.decode(reframe(body))
+        codec.decode(reframe(v2_body(body)))
 
 
-def test_frame_kind_and_reserved_byte_are_checked(snapshot):
+def test_frame_kind_and_digest_algorithm_are_checked(snapshot):
     body = body_of(codec.encode(snapshot))
     with pytest.raises(CorruptSnapshot, match="kind"):
         codec.decode(reframe(body, kind=codec.KIND_PART))
     blob = bytearray(reframe(body))
-    blob[7] = 1
-    fixed = bytes(blob[:-32]) + hashlib.sha256(bytes(blob[:-32])).digest()
-    with pytest.raises(CorruptSnapshot, match="reserved"):
-        codec.decode(fixed)
+    blob[7] = 7
+    with pytest.raises(CorruptSnapshot, match="unknown digest algorithm 7"):
+        codec.decode(bytes(blob))
+    blob[7] = SHA256  # the algorithm byte is covered by the digest: no downgrade without a new digest
+    with pytest.raises(ChecksumError, match="SHA-256 mismatch"):
+        codec.decode(bytes(blob))
+    sha_framed = frame(codec.MAGIC, codec.CURRENT_VERSION, codec.KIND_SNAPSHOT, body, digest=SHA256)
+    assert_trees_identical(codec.decode(sha_framed).state, snapshot.state)
     with pytest.raises(CorruptSnapshot, match="magic"):
         codec.decode(b"PK\x03\x04" + bytes(60))
 
@@ -285,8 +361,8 @@ def test_parts_must_match_their_envelope(snapshot):
 
 @pytest.fixture
 def fresh_migrations(monkeypatch):
-    """An empty registry for the test; the real one comes back afterwards."""
-    monkeypatch.setattr(codec, "_MIGRATIONS", {})
+    """The real registry without any migration from v0, which the tests make up; restored afterwards."""
+    monkeypatch.setattr(codec, "_MIGRATIONS", {v: f for v, f in codec._MIGRATIONS.items() if v >= 1})
 
 
 def test_migration_upgrades_old_payloads(fresh_migrations, snapshot):
@@ -338,5 +414,18 @@ def test_package_imports_no_model_code_and_store_needs_no_torch():
 
 def test_header_layout_is_stable(snapshot):
     blob = codec.encode(snapshot)
-    magic, version, kind, reserved, n = struct.unpack_from("<4sHBBQ", blob)
-    assert (magic, version, kind, reserved, n) == (b"OVQS", 1, 1, 0, len(blob) - 48)
+    magic, version, kind, digest, n = struct.unpack_from("<4sHBBQ", blob)
+    assert (magic, version, kind, digest, n) == (b"OVQS", 2, 1, 1, len(blob) - 48)
+    (tree_len,) = struct.unpack_from("<Q", blob, 16)
+    region = blob[24 + tree_len : -32]
+    assert region == b"".join(bits(t) for t in _tensors_in_order(snapshot.state))
+
+
+def _tensors_in_order(node):
+    if isinstance(node, torch.Tensor):
+        return [node]
+    if isinstance(node, dict):
+        return [t for v in node.values() for t in _tensors_in_order(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _tensors_in_order(v)]
+    return []

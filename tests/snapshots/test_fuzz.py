@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from snapshots import codec
 from snapshots.errors import SnapshotError
-from tests.snapshots.helpers import FP, body_of, make_snapshot, reframe
+from tests.snapshots.helpers import FP, body_of, make_snapshot, reframe, v2_body
 
 BLOB = codec.encode(make_snapshot(n_layers=2))
 PARTS = codec.encode_parts(make_snapshot(n_layers=2))
@@ -79,4 +79,4 @@ msgpack_values = st.recursive(
 def test_arbitrary_msgpack_payloads(value, as_payload):
     if as_payload:  # keep the right top-level keys so that deeper checks are reached
         value = {"fingerprint": FP, "position": 0, "state": {"x": value}, "meta": {}}
-    decode_or_snapshot_error(reframe(msgpack.packb(value, use_bin_type=True)))
+    decode_or_snapshot_error(reframe(v2_body(msgpack.packb(value, use_bin_type=True))))

@@ -1,6 +1,7 @@
 """Store: one process. Save/load/head/list, forks sharing blobs, rollback, delete, gc, prune,
 export/import, map growth, validation, corruption."""
 
+import functools
 import hashlib
 import threading
 
@@ -10,7 +11,7 @@ import pytest
 
 from snapshots import codec
 from snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotError, SnapshotNotFound
-from snapshots.frame import frame
+from snapshots.frame import BLAKE3, SHA256, frame
 from snapshots.store import SnapshotStore, _open_env, default_path
 from tests.snapshots.helpers import FP, make_snapshot
 
@@ -246,16 +247,18 @@ def test_a_damaged_blob_fails_only_its_snapshot(store):
     assert store.load(infos[1].id)[1]["own"] == bytes([1]) * 500
 
 
-def test_a_frame_is_keyed_by_its_own_digest_and_a_lying_one_is_caught(store):
-    good = frame(b"OVQS", 1, 1, b"body" * 100)  # ends in SHA-256(header + body)
+@pytest.mark.parametrize("digest", [BLAKE3, SHA256], ids=["blake3", "sha256 (older frames)"])
+def test_a_frame_is_keyed_by_its_own_digest_and_a_lying_one_is_caught(store, digest):
+    make = functools.partial(frame, digest=digest)
+    good = make(b"OVQS", 1, 1, b"body" * 100)  # ends in the digest of header + body
     info = store.save("f", {"p": good})
     assert bytes.fromhex(info.parts["p"]) == good[-32:]  # not hashed a second time
     assert store.load(info.id)[1]["p"] == good
-    liar = frame(b"OVQS", 1, 1, b"BODY" * 100)[:-32] + good[-32:]  # another body, the good trailer
+    liar = make(b"OVQS", 1, 1, b"BODY" * 100)[:-32] + good[-32:]  # another body, the good trailer
     with pytest.raises(ChecksumError, match="refusing to store a damaged blob"):
         store.save("f", {"p": liar})  # would overwrite the good blob: refused
     assert store.load(info.id)[1]["p"] == good
-    other = frame(b"OVQS", 1, 1, b"x" * 50)
+    other = make(b"OVQS", 1, 1, b"x" * 50)
     lied = store.save("g", {"p": other[:-32] + hashlib.sha256(b"unrelated").digest()})
     with pytest.raises(ChecksumError, match=rf"snapshot {lied.id}: blob 'p' .* damaged"):
         store.load(lied.id)  # a new blob with a false trailer is stored, and fails when read
