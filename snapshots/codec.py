@@ -26,7 +26,7 @@ import torch
 import xxhash
 
 from snapshots.errors import ChecksumError, CorruptSnapshot, FingerprintMismatch, SnapshotError, VersionError
-from snapshots.frame import DIGEST_SIZE, SHA256, Frame, frame, unframe, unpack
+from snapshots.frame import BLAKE3, DIGEST_SIZE, SHA256, Frame, frame, unframe, unpack
 
 if sys.byteorder != "little":  # tensor bytes are written as they lie in memory
     raise ImportError("snapshots.codec assumes a little-endian host")
@@ -190,7 +190,7 @@ def encode_parts(snap: Snapshot) -> dict[str, bytes]:
     def encode_part(name: str) -> bytes:
         return _frame(CURRENT_VERSION, KIND_PART, _encode_body(named[name], name, 1, CURRENT_VERSION))
 
-    # checksums and digests release the GIL: the parts are encoded on all cores at once
+    # the frame digests (BLAKE3) release the GIL: the parts are encoded on all cores at once
     parts = dict(zip(named, _pool().map(encode_part, named)))
 
     def ref(name: str) -> _PartRef:
@@ -218,7 +218,7 @@ def encode_raw(payload: dict[str, Any], *, version: int) -> bytes:
 
 
 def _frame(version: int, kind: int, pieces: list[Any]) -> bytes:
-    return frame(MAGIC, version, kind, pieces, **({"digest": SHA256} if version < 2 else {}))
+    return frame(MAGIC, version, kind, pieces, digest=SHA256 if version < 2 else BLAKE3)
 
 
 @dataclass
