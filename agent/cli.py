@@ -47,18 +47,21 @@ def _train(args: argparse.Namespace) -> int:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from dataclasses import MISSING, fields
 
-    from agent.train_config import TrainConfig  # torch-free: every `ovq` command builds this parser
+    from agent.train_config import HELP, TrainConfig  # torch-free: every `ovq` command builds this parser
 
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             p.add_argument(
-                flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {f.default})"
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{HELP[f.name]} (default {f.default})",
             )
             continue
         kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
         default = None if f.default is MISSING else f.default
-        p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"(default {default})")
+        p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{HELP[f.name]} (default {default})")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -9,30 +9,32 @@ from agent.tasks import BoundTask, make_task
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """`ovq train`'s options; HELP says what each one means."""
+
     out: str = "runs/model"
-    preset: str = "default"  # ModelConfig preset
-    layers: str | None = None  # override the preset's layer pattern, e.g. "swa,full" for a baseline
-    ovq: str | None = None  # override the preset's OVQ memory: "L,N" or "L,N,schedule", e.g. "32,256,linear"
-    tasks: str = "memory_dialogue:1"  # task mix "name[@preset]:weight,..."
+    preset: str = "default"
+    layers: str | None = None
+    ovq: str | None = None
+    tasks: str = "memory_dialogue:1"
     steps: int = 1000
-    batch_size: int = 8  # global batch, in sequences
-    seq_len: int = 1024  # tokens per sequence (inputs)
+    batch_size: int = 8
+    seq_len: int = 1024
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    lm_weight: float = 0.0  # > 0: add this times the mean loss over every token to the answer loss
+    lm_weight: float = 0.0
     seed: int = 0
-    vocab_size: int = 4096  # tokenizer trained on task text when none is given
-    tokenizer: str | None = None  # path of a tokenizer.json to reuse
+    vocab_size: int = 4096
+    tokenizer: str | None = None
     checkpoint_every: int = 200
-    stop_at: int | None = None  # checkpoint and stop after this step (jobs shorter than the run)
-    device: str = "auto"  # auto | cpu | cuda
+    stop_at: int | None = None
+    device: str = "auto"
     progress: bool = True
-    log: str | None = None  # append one JSON line per step (step, loss, lr, tokens/s) to this file
-    init: str | None = None  # start from this model directory's weights ("default": the shipped model)
-    workers: int = 0  # processes generating batches ahead of the step (0: in the training process)
+    log: str | None = None
+    init: str | None = None
+    workers: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -53,6 +55,34 @@ class TrainConfig:
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise ValueError(f"stop_at must lie in [1, steps={self.steps}], got {self.stop_at}")
         parse_mix(self.tasks)
+
+
+HELP = {
+    "out": "output directory: weights, config, tokenizer, checkpoints (an existing run there resumes)",
+    "preset": "ModelConfig preset: tiny, small, default, base, large",
+    "layers": 'override the preset\'s layer pattern, e.g. "swa,full" for a baseline',
+    "ovq": 'override the preset\'s OVQ memory: "L,N" or "L,N,schedule", e.g. "32,256,linear"',
+    "tasks": 'task mix "name[@preset]:weight,...", e.g. "recite:1,memory_dialogue@train_1k:3"',
+    "steps": "optimizer steps (the learning-rate schedule spans them)",
+    "batch_size": "global batch, in sequences (split over DDP ranks)",
+    "seq_len": "tokens per sequence (inputs)",
+    "lr": "peak learning rate (AdamW)",
+    "min_lr_ratio": "cosine decay ends at lr times this",
+    "warmup": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay on matrices",
+    "grad_clip": "gradient norm clip",
+    "lm_weight": "> 0: add this times the mean loss over every token to the answer-token loss",
+    "seed": "data and initialisation seed",
+    "vocab_size": "size of the tokenizer trained on task text when none is given",
+    "tokenizer": "path of a tokenizer.json to reuse",
+    "checkpoint_every": "steps between checkpoints (resumable)",
+    "stop_at": "checkpoint and stop after this step (for jobs shorter than the run)",
+    "device": "auto | cpu | cuda",
+    "progress": "show a progress bar",
+    "log": "append one JSON line per step (step, loss, lr, tokens/s) to this file",
+    "init": 'start from this model directory\'s weights ("default": the shipped model)',
+    "workers": "processes generating batches ahead of the step (0: in the training process)",
+}
 
 
 def parse_ovq(spec: str):
