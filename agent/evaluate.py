@@ -135,6 +135,6 @@ def evaluate_recall(
     bound = make_task(task, preset, **overrides)
     records = [r for i in range(n) for r in score_example(model, tokenizer, bound(seed + i), chunk)]
     state_bytes = model.init_state(1).nbytes
-    chunk = model.config.ovq.chunk_size if "ovq" in model.config.kinds else None
-    summary = summarise(records, chunk)
+    fold_every = model.config.ovq.chunk_size if "ovq" in model.config.kinds else None
+    summary = summarise(records, fold_every)
     return {"task": task, "preset": preset, "examples": n, "state_bytes": state_bytes, **summary}

@@ -67,7 +67,7 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, vocab_size: int, **overrides) -> ModelConfig:
-        """Named presets: tiny (tests), small (the CPU reproduction), default (the shipped model),
+        """Named presets: tiny (tests), small (the reproduction), default (the shipped model),
         base and large (GPU users)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
@@ -84,7 +84,7 @@ PRESETS = {
         ovq=OVQConfig(chunk_size=8, capacity=24),
         full_context=512,
     ),
-    # the CPU-sized reproduction of the paper's comparison (README): OVQ and baselines share it
+    # the small-scale reproduction of the paper's comparison (README): OVQ and baselines share it
     "small": lambda V: ModelConfig(
         V, d_model=64, n_heads=2, layers="swa,ovq", window=32, ovq=OVQConfig(32, 128), full_context=4096
     ),

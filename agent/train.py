@@ -123,11 +123,15 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
             tokenizer = Tokenizer.load(out if resume else cfg.tokenizer)
         else:
             tokenizer = train_tokenizer(mix, cfg)
-        config = ModelConfig.from_json((out / "config.json").read_text()) if resume else None
-        overrides = {**({"layers": cfg.layers} if cfg.layers else {}), **(model_overrides or {})}
-        if cfg.ovq:
-            overrides.setdefault("ovq", parse_ovq(cfg.ovq))
-        config = config or ModelConfig.preset(cfg.preset, tokenizer.vocab_size, **overrides)
+        if resume:
+            config = ModelConfig.from_json((out / "config.json").read_text())
+        else:
+            overrides = {
+                **({"layers": cfg.layers} if cfg.layers else {}),
+                **({"ovq": parse_ovq(cfg.ovq)} if cfg.ovq else {}),
+                **(model_overrides or {}),
+            }
+            config = ModelConfig.preset(cfg.preset, tokenizer.vocab_size, **overrides)
         model = HybridLM(config).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]

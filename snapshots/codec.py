@@ -337,8 +337,7 @@ def decode(
         if part.version != env.version:
             raise CorruptSnapshot(f"part {ref.name!r} is format v{part.version}, its snapshot v{env.version}")
         used.add(ref.name)
-        body = _Body(part, f"part {ref.name!r}")
-        return body.finish(_resolve(body.tree, ref.name, depth, None, body))
+        return _Body(part, f"part {ref.name!r}").read(ref.name, depth, None)
 
     # The envelope names the parts; they are then checked and read on all cores at once (the digests
     # release the GIL). Errors are raised in the order the parts are referenced.
@@ -348,8 +347,7 @@ def decode(
         deferred.append((ref, depth))
         return _Deferred(len(deferred) - 1)
 
-    env_body = _Body(env, "snapshot")
-    tree = env_body.finish(_resolve(env_body.tree, "payload", 0, defer, env_body))
+    tree = _Body(env, "snapshot").read("payload", 0, defer)
     loaded = list(_pool().map(lambda item: _attempt(load_part, *item), deferred))
     for value in loaded:
         if isinstance(value, SnapshotError):
@@ -444,8 +442,9 @@ class _Body:
         self.cursor += nbytes
         return TensorRecord(dtype, tuple(shape), raw)
 
-    def finish(self, tree: Any) -> Any:
-        """`tree`, once every byte of the data region has been claimed by a tensor."""
+    def read(self, path: str, depth: int, load_part: Callable[[_PartRef, int], Any] | None) -> Any:
+        """The checked tree (see `_resolve`), once every byte of the data region has been claimed."""
+        tree = _resolve(self.tree, path, depth, load_part, self)
         if self.region is not None and self.cursor != len(self.region):
             extra = len(self.region) - self.cursor
             raise CorruptSnapshot(f"{self.what}: {extra} data bytes belong to no tensor")

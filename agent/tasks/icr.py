@@ -76,7 +76,7 @@ PRESETS = {
     "default": ICRConfig(),
     "tiny": ICRConfig(num_pairs=8, num_queries=4),  # tests and smoke runs
     "train_4k": ICRConfig(num_pairs=16, num_queries=16, target_chars=4096),
-    # the CPU reproduction (README): trained at 256 characters (~225 tokens), tested at 256 x 1..16
+    # the reproduction (README): trained at 256 characters (~225 tokens), tested at 256 x 1..16
     "repro": ICRConfig(
         num_pairs=8,
         num_queries=8,

@@ -152,3 +152,11 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(init="default", ovq="32,256")
     assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
+
+
+def test_every_train_option_has_help():
+    from dataclasses import fields
+
+    from agent.train_config import HELP
+
+    assert set(HELP) == {f.name for f in fields(TrainConfig)}
