@@ -92,17 +92,27 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_compare(args: argparse.Namespace) -> int:
     import json
 
-    from agent.compare import compare, plot, to_markdown
+    from agent.compare import compare, merge, plot, to_markdown
 
     try:
-        if not args.models or not args.lengths:
-            raise ValueError("compare needs --models DIR,DIR,... and --lengths N,N,...")
-        try:
-            lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--lengths must be comma-separated integers, got {args.lengths!r}") from None
-        models = [m.strip() for m in args.models.split(",") if m.strip()]
-        result = compare(models, args.task, args.preset, lengths, args.n, args.seed, args.length_field)
+        if not (args.models or args.merge):
+            raise ValueError("compare needs --models DIR,DIR,... and --lengths N,N,... (or --merge FILE,...)")
+        earlier = [_read_compare_json(f.strip()) for f in (args.merge or "").split(",") if f.strip()]
+        results = []
+        if args.models:
+            if not args.lengths:
+                raise ValueError("compare needs --lengths N,N,... with --models")
+            try:
+                lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(
+                    f"--lengths must be comma-separated integers, got {args.lengths!r}"
+                ) from None
+            models = [m.strip() for m in args.models.split(",") if m.strip()]
+            results.append(
+                compare(models, args.task, args.preset, lengths, args.n, args.seed, args.length_field)
+            )
+        result = merge(earlier + results) if earlier else results[0]
         if args.plot:
             plot(result, args.plot)
     except (FileNotFoundError, ValueError) as e:
@@ -117,6 +127,21 @@ def _eval_compare(args: argparse.Namespace) -> int:
             f.write(table)
     print(table, end="")
     return 0
+
+
+def _read_compare_json(path: str) -> dict:
+    import json
+
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--merge: no such file {path!r}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"--merge: {path} is not JSON ({e})") from None
+    if not isinstance(result, dict) or not {"models", "lengths", "task"} <= result.keys():
+        raise ValueError(f"--merge: {path} is not a result of `ovq eval compare --json`")
+    return result
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -288,7 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="recall: one model on fresh task examples; compare: --models at each of --lengths",
     )
     ev.add_argument("--model", help="model directory (default: the shipped model)")
-    ev.add_argument("--models", help="compare: comma-separated model directories")
+    ev.add_argument(
+        "--models",
+        help="compare: comma-separated model directories; LABEL=DIR labels one, and models sharing a label "
+        "are seeds of one recipe (summarised: mean, min-max)",
+    )
+    ev.add_argument(
+        "--merge",
+        help="compare: comma-separated JSON files of earlier compare runs on the same examples to include",
+    )
     ev.add_argument(
         "--lengths", help="compare: comma-separated test lengths (values of --length-field: characters)"
     )

@@ -5,11 +5,17 @@ config, e.g. ICL's `examples_per_function`), exact-match recall over the same fr
 bytes of state the model holds at that length: OVQ, SWA and linear states are fixed by
 configuration; a `full`/`nope` layer holds a KV cache of every token seen. Output: a dict (JSON), a
 markdown table, and optionally a PNG plot (matplotlib, the `plot` extra).
+
+Seeds: a model given as `LABEL=DIR` is labelled; models that share a label are seeds of one recipe,
+and the table gains one summary row per such label (mean over seeds, min-max in brackets). Results
+evaluated at different times merge with `merge` when they were run on the same examples.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from statistics import mean
 
 from agent.attention import WindowState
 from agent.checkpoint import load_model
@@ -27,6 +33,17 @@ def state_bytes_at(states: list, tokens: int) -> int:
     )
 
 
+def parse_model(spec: str) -> tuple[str, str]:
+    """`LABEL=DIR` -> (LABEL, DIR); a bare DIR is its own label. A label holds no path separator, so
+    a directory whose name contains '=' still parses as a bare DIR."""
+    label, sep, path = spec.partition("=")
+    if sep and label and os.sep not in label:
+        if not path:
+            raise ValueError(f"model {spec!r}: LABEL=DIR needs a directory after '='")
+        return label, path
+    return spec, spec
+
+
 def compare(
     models: Sequence[str],
     task: str,
@@ -36,15 +53,16 @@ def compare(
     seed: int = 10**6,
     length_field: str = "target_chars",
 ) -> dict:
-    """Recall of each model directory at each length (values of `length_field`); the same examples
-    for all models."""
+    """Recall of each model (a directory, or `LABEL=DIR`) at each length (values of `length_field`);
+    the same examples for all models."""
     if not models:
         raise ValueError("give at least one model directory")
     if not lengths or min(lengths) < 1:
         raise ValueError(f"lengths must be positive integers, got {list(lengths)}")
     make_task(task, preset, **{length_field: lengths[0]})  # a task without that field fails here, named
     rows = []
-    for path in models:
+    for spec in models:
+        label, path = parse_model(spec)
         loaded = load_model(path)
         model, cfg = loaded.model, loaded.model.config
         states = model.init_state(1).layers  # allocated once per model, for its byte counts
@@ -66,20 +84,75 @@ def compare(
         rows.append(
             {
                 "model": str(path),
+                "label": label,
                 "layers": cfg.layers,
                 "params": model.num_params(),
                 "fingerprint": loaded.fingerprint,
                 "results": results,
             }
         )
-    return {
+    result = {
         "task": task, "preset": preset, "examples": n, "seed": seed, "length_field": length_field,
         "lengths": list(lengths), "models": rows,
     }  # fmt: skip
+    return {**result, "groups": groups(result)}
+
+
+_SAME_EXAMPLES = ("task", "preset", "examples", "seed", "length_field", "lengths")
+
+
+def merge(results: Sequence[dict]) -> dict:
+    """One comparison from several run on the same examples (task, preset, n, seed and lengths
+    equal); models keep their order. Results written before labels existed label each model by its
+    directory."""
+    if not results:
+        raise ValueError("nothing to merge")
+    results = [{"length_field": "target_chars", **r} for r in results]  # older files lack the field
+    first = results[0]
+    for i, r in enumerate(results[1:], start=2):
+        for key in _SAME_EXAMPLES:
+            if r.get(key) != first.get(key):
+                raise ValueError(
+                    f"result {i} was evaluated with {key}={r.get(key)!r}, result 1 with "
+                    f"{key}={first.get(key)!r}: only results on the same examples merge"
+                )
+    rows = [{**m, "label": m.get("label", m["model"])} for r in results for m in r["models"]]
+    merged = {**{k: first[k] for k in _SAME_EXAMPLES if k in first}, "models": rows}
+    return {**merged, "groups": groups(merged)}
+
+
+def groups(result: dict) -> list[dict]:
+    """Per label shared by two or more models (seeds of one recipe): mean, min and max over the
+    seeds of exact match and answer-token accuracy at each length, and the largest state."""
+    by_label: dict[str, list[dict]] = {}
+    for m in result["models"]:
+        by_label.setdefault(m.get("label", m["model"]), []).append(m)
+    out = []
+    for label, members in by_label.items():
+        if len(members) < 2:
+            continue
+        layers = sorted({m["layers"] for m in members})
+        per_length = []
+        for i, length in enumerate(result["lengths"]):
+            em = [m["results"][i]["exact_match"] for m in members]
+            ta = [m["results"][i]["token_accuracy"] for m in members]
+            per_length.append(
+                {
+                    "length": length,
+                    "exact_match_mean": mean(em), "exact_match_min": min(em), "exact_match_max": max(em),
+                    "token_accuracy_mean": mean(ta),
+                    "state_bytes": max(m["results"][i]["state_bytes"] for m in members),
+                    "tokens": members[0]["results"][i]["tokens"],
+                }
+            )  # fmt: skip
+        out.append({"label": label, "seeds": len(members), "layers": " / ".join(layers), "results": per_length})
+    return out
 
 
 def to_markdown(result: dict) -> str:
-    """One row per model: exact match (and, in brackets, answer-token accuracy) at each length."""
+    """One row per model: exact match (and, in brackets, answer-token accuracy) at each length; then,
+    for labels shared by several models, one row per label: the mean over its seeds and, in
+    brackets, the lowest and highest seed."""
     lengths = result["lengths"]
     unit = "ch" if result.get("length_field", "target_chars") == "target_chars" else result["length_field"]
     head = ["model", "layers", "params"] + [f"{c:,} {unit}" for c in lengths] + ["state at longest"]
@@ -88,7 +161,20 @@ def to_markdown(result: dict) -> str:
         accs = [f"{r['exact_match']:.1%} ({r['token_accuracy']:.0%})" for r in m["results"]]
         last = m["results"][-1]
         state = f"{last['state_bytes'] / 1024:,.0f} KiB ({last['tokens']:,} tokens)"
-        lines.append("| " + " | ".join([m["model"], m["layers"], f"{m['params']:,}", *accs, state]) + " |")
+        name = m["model"] if m.get("label", m["model"]) == m["model"] else f"{m['label']}: {m['model']}"
+        lines.append("| " + " | ".join([name, m["layers"], f"{m['params']:,}", *accs, state]) + " |")
+    summary = result.get("groups") or groups(result)
+    if summary:
+        head = ["recipe", "layers", "seeds"] + [f"{c:,} {unit}" for c in lengths] + ["state at longest"]
+        lines += ["", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for g in summary:
+            accs = [
+                f"{r['exact_match_mean']:.1%} ({r['exact_match_min']:.1%}-{r['exact_match_max']:.1%})"
+                for r in g["results"]
+            ]
+            last = g["results"][-1]
+            state = f"{last['state_bytes'] / 1024:,.0f} KiB ({last['tokens']:,} tokens)"
+            lines.append("| " + " | ".join([g["label"], g["layers"], str(g["seeds"]), *accs, state]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -104,7 +190,9 @@ def plot(result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in result["models"]:
         xs = [r["tokens"] for r in m["results"]]
-        (line,) = ax.plot(xs, [r["exact_match"] for r in m["results"]], marker="o", label=f"{m['layers']}")
+        (line,) = ax.plot(
+            xs, [r["exact_match"] for r in m["results"]], marker="o", label=m.get("label", m["layers"])
+        )
         ax.plot(xs, [r["token_accuracy"] for r in m["results"]], linestyle="--", color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("test length (tokens)")

@@ -8,7 +8,7 @@ import torch
 
 from agent.checkpoint import save_model
 from agent.cli import main as ovq_main
-from agent.compare import compare, plot, to_markdown
+from agent.compare import compare, merge, parse_model, plot, to_markdown
 from agent.model import HybridLM, ModelConfig
 from agent.tasks import make_task
 from agent.tokenizer import Tokenizer
@@ -80,8 +80,64 @@ def test_cli_compare_writes_json_and_markdown(models, tmp_path, capsys):
         (["--models", "/nowhere", "--lengths", "150"], "lacks"),
         (["--models", "x", "--lengths", "0"], "positive"),
         (["--models", "x", "--lengths", "5", "--length-field", "bogus"], "bad override"),
+        (["--models", "x"], "needs --lengths"),
+        (["--merge", "/nowhere.json"], "no such file"),
+        (["--models", "seed=", "--lengths", "150"], "needs a directory"),
     ],
 )
 def test_cli_compare_bad_input_is_a_clear_error(extra, message, capsys):
     assert ovq_main(["eval", "compare", "--task", "icr", "--preset", "tiny", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_parse_model_labels():
+    assert parse_model("ovq=runs/ovq_s1") == ("ovq", "runs/ovq_s1")
+    assert parse_model("runs/ovq_s1") == ("runs/ovq_s1", "runs/ovq_s1")
+    # an '=' inside a path is part of the path, not a label
+    assert parse_model("runs/lr=3e-3") == ("runs/lr=3e-3", "runs/lr=3e-3")
+
+
+def test_models_sharing_a_label_are_summarised_as_seeds(models):
+    ovq, full = models
+    result = compare([f"a={ovq}", f"a={full}", f"b={full}"], "icr", "tiny", LENGTHS, n=1)
+    assert [m["label"] for m in result["models"]] == ["a", "a", "b"]
+    (group,) = result["groups"]  # "b" has one model: no summary row
+    assert group["label"] == "a" and group["seeds"] == 2 and group["layers"] == "swa,full / swa,ovq"
+    for i, r in enumerate(group["results"]):
+        em = [m["results"][i]["exact_match"] for m in result["models"][:2]]
+        assert r["exact_match_mean"] == pytest.approx(sum(em) / 2)
+        assert (r["exact_match_min"], r["exact_match_max"]) == (min(em), max(em))
+        # the summary states the larger state of its seeds: the full-attention cache
+        assert r["state_bytes"] == result["models"][1]["results"][i]["state_bytes"]
+    table = to_markdown(result)
+    assert "| recipe | layers | seeds |" in table and "| a | swa,full / swa,ovq | 2 |" in table
+    assert f"a: {ovq}" in table
+
+
+def test_merge_joins_results_on_the_same_examples_and_refuses_others(models):
+    ovq, full = models
+    one = compare([f"s={ovq}"], "icr", "tiny", LENGTHS, n=1)
+    two = compare([f"s={full}"], "icr", "tiny", LENGTHS, n=1)
+    merged = merge([one, two])
+    assert [m["model"] for m in merged["models"]] == [ovq, full]
+    assert merged["groups"][0]["seeds"] == 2
+    old = {k: v for k, v in one.items() if k not in ("groups", "length_field")}  # an older file
+    old["models"] = [{k: v for k, v in m.items() if k != "label"} for m in old["models"]]
+    assert merge([old, two])["models"][0]["label"] == ovq
+    other = compare([full], "icr", "tiny", LENGTHS, n=2)
+    with pytest.raises(ValueError, match="examples=2"):
+        merge([one, other])
+
+
+def test_cli_merge_reads_earlier_results(models, tmp_path, capsys):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for path, model in ((a, models[0]), (b, models[1])):
+        argv = ["eval", "compare", "--models", f"seed={model}", "--task", "icr", "--preset", "tiny",
+                "--lengths", "150", "--n", "1", "--json", str(path)]  # fmt: skip
+        assert ovq_main(argv) == 0
+    capsys.readouterr()
+    assert ovq_main(["eval", "compare", "--merge", f"{a},{b}"]) == 0
+    assert "| seed | swa,full / swa,ovq | 2 |" in capsys.readouterr().out
+    (tmp_path / "bad.json").write_text('{"not": "a comparison"}')
+    assert ovq_main(["eval", "compare", "--merge", str(tmp_path / "bad.json")]) == 2
+    assert "not a result of `ovq eval compare --json`" in capsys.readouterr().err
