@@ -145,7 +145,8 @@ def groups(result: dict) -> list[dict]:
                     "tokens": members[0]["results"][i]["tokens"],
                 }
             )  # fmt: skip
-        out.append({"label": label, "seeds": len(members), "layers": " / ".join(layers), "results": per_length})
+        layers = " / ".join(layers)
+        out.append({"label": label, "seeds": len(members), "layers": layers, "results": per_length})
     return out
 
 

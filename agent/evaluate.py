@@ -79,8 +79,9 @@ def score_example(model: HybridLM, tokenizer: Tokenizer, example: Example, chunk
 
 
 def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
-    """Exact match overall and by token distance; with an OVQ chunk size, also by the number of
-    chunk updates (dictionary folds) between the statement and the question: the memory horizon."""
+    """Exact match overall, by token distance and by kind of fact; with an OVQ chunk size, also by
+    the number of chunk updates (dictionary folds) between the statement and the question: the
+    memory horizon."""
     records = list(records)
     by_bucket: dict[str, list[bool]] = {}
     for r in records:
@@ -90,6 +91,10 @@ def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
         i = min(bisect.bisect_right(BUCKETS, d) - 1, len(BUCKETS) - 2)
         by_bucket.setdefault(f"{BUCKETS[i]}-{BUCKETS[i + 1]}", []).append(r["hit"])
     hits = [r["hit"] for r in records]
+    by_kind: dict[str, list[bool]] = {}
+    for r in records:
+        if "kind" in r:
+            by_kind.setdefault(r["kind"], []).append(r["hit"])
     horizon = {}
     if chunk_size:
         by_updates: dict[int, list[bool]] = {}
@@ -114,6 +119,10 @@ def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
         "by_distance_tokens": {
             k: {"answers": len(v), "exact_match": sum(v) / len(v)}
             for k, v in sorted(by_bucket.items(), key=lambda kv: int(kv[0].split("-")[0]))
+        },
+        # which kinds of fact are kept and which lost (memory dialogues: about 50 kinds)
+        "by_kind": {
+            k: {"answers": len(v), "exact_match": sum(v) / len(v)} for k, v in sorted(by_kind.items())
         },
         **horizon,
     }

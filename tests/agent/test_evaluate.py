@@ -49,6 +49,16 @@ def test_a_wrong_token_anywhere_in_an_answer_is_a_miss():
     summary = summarise(records)
     total = sum(r["answer_tokens"] for r in records)
     assert summary["token_accuracy"] == (total - 1) / total
+    assert summary["by_kind"] == {"pair": {"answers": len(records), "exact_match": summary["exact_match"]}}
+
+
+def test_summary_by_kind_charges_each_miss_to_its_kind():
+    recs = [("city", True), ("pet", False), ("pet", True), ("city", True), ("pet", False)]
+    summary = summarise([{"hit": h, "kind": k, "distance_tokens": 9} for k, h in recs])
+    assert summary["by_kind"] == {
+        "city": {"answers": 2, "exact_match": 1.0},
+        "pet": {"answers": 3, "exact_match": 1 / 3},
+    }
 
 
 def test_summary_buckets_and_random_model_runs():
