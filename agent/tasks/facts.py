@@ -31,6 +31,21 @@ def drawn(make: Callable[[random.Random], str]) -> Sampler:
     return lambda rng, split: P.draw(rng, make, split)
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """A sampler for a closed class of values: one word of a small fixed pool (sports, spices...)."""
+
+    pool: tuple[str, ...]
+
+    def __call__(self, rng: random.Random, split: P.Split) -> str:
+        return P.draw(rng, P.pick(self.pool), split)
+
+    def invented(self, rng: random.Random) -> str:
+        """An invented word styled like the pool's words (capitalised if they are), train split."""
+        title = self.pool[0][:1].isupper()
+        return P.draw(rng, lambda r: P.invented_word(r).title() if title else P.invented_word(r), "train")
+
+
 def first_name(rng: random.Random, split: P.Split) -> str:
     return P.draw(rng, P.first_name, split)
 
@@ -50,24 +65,24 @@ def api_token(rng: random.Random) -> str:
 SAMPLERS: dict[str, Sampler] = {
     "birthday": drawn(P.date),
     "pet_name": first_name,
-    "favourite_colour": drawn(P.pick(P.COLOURS)),
+    "favourite_colour": Pooled(P.COLOURS),
     "phone_extension": drawn(lambda r: P.digits(r, 4)),
     "locker_code": drawn(lambda r: P.digits(r, r.randint(4, 6))),
     "flight_number": drawn(lambda r: f"{P.letters(r, 2)} {P.digits(r, r.randint(3, 4))}"),
     "meeting_room": drawn(lambda r: f"{P.letters(r, 1)}-{P.digits(r, 3)}"),
-    "allergy": drawn(P.pick(P.ALLERGIES)),
+    "allergy": Pooled(P.ALLERGIES),
     "car_plate": drawn(lambda r: f"{P.letters(r, 2)}-{P.digits(r, 3)}-{P.letters(r, 2)}"),
     "wifi_password": drawn(P.passphrase),
     "project_codename": drawn(P.codename),
-    "home_city": drawn(P.pick(P.CITIES)),
+    "home_city": Pooled(P.CITIES),
     "manager": P.person,
     "employee_id": drawn(lambda r: f"E-{P.digits(r, 6)}"),
     "dentist_appointment": drawn(P.weekday_time),
-    "favourite_food": drawn(P.pick(P.FOODS)),
+    "favourite_food": Pooled(P.FOODS),
     "shoe_size": drawn(lambda r: f"{r.randint(35, 48)}{r.choice(('', '.5'))}"),
     "door_code": drawn(lambda r: f"{P.digits(r, 4)}#"),
     "favourite_band": drawn(P.band),
-    "birthplace": drawn(P.pick(P.CITIES)),
+    "birthplace": Pooled(P.CITIES),
     "partner_name": first_name,
     "daughter_name": first_name,
     "favourite_book": drawn(P.title),
@@ -75,9 +90,9 @@ SAMPLERS: dict[str, Sampler] = {
     "desk_number": drawn(lambda r: f"{r.randint(1, 9)}-{P.digits(r, 2)}"),
     "passport_number": drawn(lambda r: f"{P.letters(r, 1)}{P.digits(r, 8)}"),
     "bike_lock": drawn(lambda r: "-".join(str(r.randint(0, 9)) for _ in range(4))),
-    "favourite_drink": drawn(P.pick(P.DRINKS)),
-    "hobby": drawn(P.pick(P.HOBBIES)),
-    "native_language": drawn(P.pick(P.LANGUAGES)),
+    "favourite_drink": Pooled(P.DRINKS),
+    "hobby": Pooled(P.HOBBIES),
+    "native_language": Pooled(P.LANGUAGES),
     "train_time": drawn(P.clock),
     "anniversary": drawn(P.date),
     "hotel_room": drawn(lambda r: f"{r.randint(1, 12)}{P.digits(r, 2)}"),
@@ -87,8 +102,8 @@ SAMPLERS: dict[str, Sampler] = {
     "doctor": doctor,
     "gate_number": drawn(lambda r: f"{P.letters(r, 1)}{r.randint(1, 60)}"),
     "seat_number": drawn(lambda r: f"{r.randint(1, 40)}{r.choice('ABCDEF')}"),
-    "favourite_sport": drawn(P.pick(P.SPORTS)),
-    "instrument": drawn(P.pick(P.INSTRUMENTS)),
+    "favourite_sport": Pooled(P.SPORTS),
+    "instrument": Pooled(P.INSTRUMENTS),
     "lucky_number": numbers(1, 99),
     "street_address": drawn(P.address),
     "postcode": drawn(lambda r: f"{P.letters(r, 2)}{r.randint(1, 9)} {r.randint(1, 9)}{P.letters(r, 2)}"),
@@ -102,7 +117,7 @@ SAMPLERS: dict[str, Sampler] = {
     "haircut_appointment": drawn(P.weekday_time),
     "library_card": drawn(lambda r: f"LC-{P.digits(r, 6)}"),
     "insurance_policy": drawn(lambda r: f"POL-{P.digits(r, 4)}-{P.digits(r, 2)}"),
-    "favourite_spice": drawn(P.pick(P.SPICES)),
+    "favourite_spice": Pooled(P.SPICES),
     "gym_class": drawn(P.weekday_time),
     "middle_name": first_name,
     "graduation_year": numbers(1960, 2022),

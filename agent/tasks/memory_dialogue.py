@@ -34,7 +34,7 @@ from .base import (
     turn,
     words_between,
 )
-from .facts import KINDS, FactKind, fact_kinds
+from .facts import KINDS, FactKind, Pooled, fact_kinds
 from .filler import filler, log_lines, stamp, tiny
 
 __all__ = ["MemoryDialogueConfig", "PRESETS", "generate", "fact_kinds"]
@@ -58,6 +58,10 @@ class MemoryDialogueConfig:
     observation_prob: float = 0.3  # chance a statement or a filler piece is an observation
     self_prob: float = 0.3  # chance a fact is about the user ("my locker code ...")
     same_kind_prob: float = 0.2  # chance a fact repeats a kind already used for someone else
+    # chance that a closed-class value (a word from a small pool: sports, spices, cities...) is an
+    # invented word instead; training data only. The pools hold 18-54 words, so without this a model
+    # can learn each class's training values by heart and then fails on held-out ones.
+    novel_value_prob: float = 0.0
 
     def __post_init__(self) -> None:
         check_positive("num_facts", self.num_facts)
@@ -80,7 +84,12 @@ class MemoryDialogueConfig:
             )
         if self.vocab_split not in P.SPLITS:
             raise ValueError(f"vocab_split must be one of {P.SPLITS}, got {self.vocab_split!r}")
-        for name in ("observation_prob", "self_prob", "same_kind_prob"):
+        if self.novel_value_prob and self.vocab_split != "train":
+            raise ValueError(
+                f"novel_value_prob={self.novel_value_prob} shapes training data: it needs "
+                f"vocab_split='train', got {self.vocab_split!r} (test data keeps the held-out pool values)"
+            )
+        for name in ("observation_prob", "self_prob", "same_kind_prob", "novel_value_prob"):
             p = getattr(self, name)
             if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
@@ -92,6 +101,10 @@ PRESETS = {
         num_facts=14, num_questions=12, min_distance=300, max_distance=3600, target_chars=4000
     ),
     "train_4k": MemoryDialogueConfig(num_facts=6, num_questions=4, max_distance=12_000, target_chars=14_000),
+    # train_4k where a quarter of closed-class values are invented words: copying, not recall of a class
+    "train_4k_novel": MemoryDialogueConfig(
+        num_facts=6, num_questions=4, max_distance=12_000, target_chars=14_000, novel_value_prob=0.25
+    ),
     # the default model's acceptance test: facts stated 2k-16k tokens (3.7-4 characters each with the
     # default tokenizer) before their question, names and values from the test split
     "test_2k_16k": MemoryDialogueConfig(
@@ -167,7 +180,16 @@ def choose_facts(config: MemoryDialogueConfig, rng: random.Random) -> list[Fact]
         used.add((subject, kind.kind))
         if subject is not None and subject not in people:
             people.append(subject)
-        facts.append(Fact(kind, subject, kind.sample(rng, split)))
+        # the probability is drawn only when set, so the default keeps every seed's dialogue unchanged
+        if (
+            config.novel_value_prob
+            and isinstance(kind.sample, Pooled)
+            and rng.random() < config.novel_value_prob
+        ):
+            value = kind.sample.invented(rng)
+        else:
+            value = kind.sample(rng, split)
+        facts.append(Fact(kind, subject, value))
     return facts
 
 

@@ -205,3 +205,15 @@ def ip_address(rng: random.Random) -> str:
 
 def pick(pool: tuple[str, ...]) -> Callable[[random.Random], str]:
     return lambda rng: rng.choice(pool)
+
+
+ONSETS = words("b br d dr f g gl k kr l m n p pl r s st t tr v z")
+NUCLEI = words("a e i o u ai ou")
+CODAS = ("", "", "n", "l", "r", "s", "th", "x")
+
+
+def invented_word(rng: random.Random) -> str:
+    """A pronounceable invented word of 2-3 syllables ("drelvin", "zoupa"): a value no pool holds,
+    some 10^5 of them, so a model can only reproduce it by copying."""
+    syllables = rng.randint(2, 3)
+    return "".join(rng.choice(ONSETS) + rng.choice(NUCLEI) for _ in range(syllables)) + rng.choice(CODAS)

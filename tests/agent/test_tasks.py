@@ -1,3 +1,4 @@
+import hashlib
 import json
 import re
 from dataclasses import replace
@@ -22,7 +23,7 @@ from agent.tasks import (
     make_task,
 )
 from agent.tasks import pools as P
-from agent.tasks.facts import KINDS
+from agent.tasks.facts import KINDS, Pooled
 from agent.tasks.memory_dialogue import Fact, fill, fmt
 
 seeds = st.integers(min_value=0, max_value=2**63 - 1)
@@ -249,6 +250,51 @@ def test_train_and_test_vocabularies_are_disjoint():
     assert not train_values & test_values
 
 
+def test_generated_data_is_pinned():
+    """The dialogues the shipped model trained on (train_1k) and is measured on (test_2k_16k) stay
+    the same for the same seeds: its card's numbers can be reproduced. Changing the generator on
+    purpose means a new digest here and new numbers in agent/default_model/card.md."""
+    digest = hashlib.sha256()
+    for name, preset in [
+        ("memory_dialogue", "train_1k"),
+        ("memory_dialogue", "test_2k_16k"),
+        ("recite", "default"),
+    ]:
+        task = make_task(name, preset)
+        for seed in range(3):
+            digest.update(task(seed).text.encode())
+    assert digest.hexdigest() == "50fbd5b09f24448b2d47dbdbb472fb3584973d38fea581ba9f96d8f3d2c5675c"
+
+
+def test_novel_values_replace_closed_class_values_with_invented_words():
+    pooled = {k for k, v in KINDS.items() if isinstance(v.sample, Pooled)}
+    assert {"favourite_sport", "instrument", "allergy", "home_city"} <= pooled
+    every_pool = {w for k in pooled for w in KINDS[k].sample.pool}
+    novel = make_task("memory_dialogue", "train_1k", novel_value_prob=1.0, same_kind_prob=0.0)
+    seen = 0
+    for seed in range(20):
+        ex = novel(seed)
+        for fact in ex.meta["facts"]:
+            if fact["kind"] in pooled:
+                seen += 1
+                assert fact["value"] not in every_pool and P.split_of(fact["value"]) == "train"
+                # styled like its pool: capitalised cities and languages, lower-case sports
+                assert fact["value"][0].isupper() == KINDS[fact["kind"]].sample.pool[0][0].isupper()
+        for q in ex.meta["questions"]:  # the question still asks for the value that was stated
+            s, e = q["answer_span"]
+            assert ex.text[s:e] in {f["value"] for f in ex.meta["facts"]}
+    assert seen > 10
+    # a dialogue without closed-class facts is the same dialogue as without the option
+    few = {"num_facts": 3, "num_questions": 1}
+    plain, novel = (
+        make_task("memory_dialogue", **few),
+        make_task("memory_dialogue", novel_value_prob=1.0, **few),
+    )
+    unchanged = [s for s in range(40) if not any(f["kind"] in pooled for f in plain(s).meta["facts"])]
+    assert len(unchanged) > 10
+    assert all(plain(s).text == novel(s).text for s in unchanged)
+
+
 # --- memory dialogue: layout ---------------------------------------------------------------------------
 TURN = re.compile(r"<\|(user|assistant|observation)\|>((?:(?!<\|).)*)<\|end\|>\n", re.S)
 
@@ -353,6 +399,8 @@ def test_observations_and_self_facts_appear():
         (MemoryDialogueConfig, {"target_chars": 3000}, "shorter than max_distance"),
         (MemoryDialogueConfig, {"vocab_split": "dev"}, "vocab_split"),
         (MemoryDialogueConfig, {"observation_prob": 1.5}, "observation_prob"),
+        (MemoryDialogueConfig, {"novel_value_prob": -0.1}, "novel_value_prob"),
+        (MemoryDialogueConfig, {"novel_value_prob": 0.5, "vocab_split": "test"}, "needs vocab_split='train'"),
         (ReciteConfig, {"min_words": 5, "max_words": 4}, "min_words=5 > max_words"),
         (ReciteConfig, {"recite_fraction": 0.0}, "recite_fraction"),
         (ReciteConfig, {"target_chars": 10}, "target_chars"),
