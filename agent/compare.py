@@ -33,6 +33,15 @@ def state_bytes_at(states: list, tokens: int) -> int:
     )
 
 
+def _label(m: dict) -> str:
+    """A model row's label; rows written before labels existed are labelled by their directory."""
+    return m.get("label", m["model"])
+
+
+def _state_cell(r: dict) -> str:
+    return f"{r['state_bytes'] / 1024:,.0f} KiB ({r['tokens']:,} tokens)"
+
+
 def parse_model(spec: str) -> tuple[str, str]:
     """`LABEL=DIR` -> (LABEL, DIR); a bare DIR is its own label. A label holds no path separator, so
     a directory whose name contains '=' still parses as a bare DIR."""
@@ -116,7 +125,7 @@ def merge(results: Sequence[dict]) -> dict:
                     f"result {i} was evaluated with {key}={r.get(key)!r}, result 1 with "
                     f"{key}={first.get(key)!r}: only results on the same examples merge"
                 )
-    rows = [{**m, "label": m.get("label", m["model"])} for r in results for m in r["models"]]
+    rows = [{**m, "label": _label(m)} for r in results for m in r["models"]]
     merged = {**{k: first[k] for k in _SAME_EXAMPLES if k in first}, "models": rows}
     return {**merged, "groups": groups(merged)}
 
@@ -126,12 +135,11 @@ def groups(result: dict) -> list[dict]:
     seeds of exact match and answer-token accuracy at each length, and the largest state."""
     by_label: dict[str, list[dict]] = {}
     for m in result["models"]:
-        by_label.setdefault(m.get("label", m["model"]), []).append(m)
+        by_label.setdefault(_label(m), []).append(m)
     out = []
     for label, members in by_label.items():
         if len(members) < 2:
             continue
-        layers = sorted({m["layers"] for m in members})
         per_length = []
         for i, length in enumerate(result["lengths"]):
             em = [m["results"][i]["exact_match"] for m in members]
@@ -145,7 +153,7 @@ def groups(result: dict) -> list[dict]:
                     "tokens": members[0]["results"][i]["tokens"],
                 }
             )  # fmt: skip
-        layers = " / ".join(layers)
+        layers = " / ".join(sorted({m["layers"] for m in members}))
         out.append({"label": label, "seeds": len(members), "layers": layers, "results": per_length})
     return out
 
@@ -160,10 +168,9 @@ def to_markdown(result: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for m in result["models"]:
         accs = [f"{r['exact_match']:.1%} ({r['token_accuracy']:.0%})" for r in m["results"]]
-        last = m["results"][-1]
-        state = f"{last['state_bytes'] / 1024:,.0f} KiB ({last['tokens']:,} tokens)"
-        name = m["model"] if m.get("label", m["model"]) == m["model"] else f"{m['label']}: {m['model']}"
-        lines.append("| " + " | ".join([name, m["layers"], f"{m['params']:,}", *accs, state]) + " |")
+        name = m["model"] if _label(m) == m["model"] else f"{m['label']}: {m['model']}"
+        cells = [name, m["layers"], f"{m['params']:,}", *accs, _state_cell(m["results"][-1])]
+        lines.append("| " + " | ".join(cells) + " |")
     summary = result.get("groups") or groups(result)
     if summary:
         head = ["recipe", "layers", "seeds"] + [f"{c:,} {unit}" for c in lengths] + ["state at longest"]
@@ -173,9 +180,8 @@ def to_markdown(result: dict) -> str:
                 f"{r['exact_match_mean']:.1%} ({r['exact_match_min']:.1%}-{r['exact_match_max']:.1%})"
                 for r in g["results"]
             ]
-            last = g["results"][-1]
-            state = f"{last['state_bytes'] / 1024:,.0f} KiB ({last['tokens']:,} tokens)"
-            lines.append("| " + " | ".join([g["label"], g["layers"], str(g["seeds"]), *accs, state]) + " |")
+            cells = [g["label"], g["layers"], str(g["seeds"]), *accs, _state_cell(g["results"][-1])]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -191,9 +197,7 @@ def plot(result: dict, path: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in result["models"]:
         xs = [r["tokens"] for r in m["results"]]
-        (line,) = ax.plot(
-            xs, [r["exact_match"] for r in m["results"]], marker="o", label=m.get("label", m["layers"])
-        )
+        (line,) = ax.plot(xs, [r["exact_match"] for r in m["results"]], marker="o", label=_label(m))
         ax.plot(xs, [r["token_accuracy"] for r in m["results"]], linestyle="--", color=line.get_color())
     ax.set_xscale("log", base=2)
     ax.set_xlabel("test length (tokens)")

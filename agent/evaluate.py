@@ -84,17 +84,16 @@ def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
     memory horizon."""
     records = list(records)
     by_bucket: dict[str, list[bool]] = {}
+    by_kind: dict[str, list[bool]] = {}
     for r in records:
+        if "kind" in r:
+            by_kind.setdefault(r["kind"], []).append(r["hit"])
         d = r["distance_tokens"]
         if d is None:
             continue
         i = min(bisect.bisect_right(BUCKETS, d) - 1, len(BUCKETS) - 2)
         by_bucket.setdefault(f"{BUCKETS[i]}-{BUCKETS[i + 1]}", []).append(r["hit"])
     hits = [r["hit"] for r in records]
-    by_kind: dict[str, list[bool]] = {}
-    for r in records:
-        if "kind" in r:
-            by_kind.setdefault(r["kind"], []).append(r["hit"])
     horizon = {}
     if chunk_size:
         by_updates: dict[int, list[bool]] = {}

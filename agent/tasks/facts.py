@@ -42,8 +42,8 @@ class Pooled:
 
     def invented(self, rng: random.Random) -> str:
         """An invented word styled like the pool's words (capitalised if they are), train split."""
-        title = self.pool[0][:1].isupper()
-        return P.draw(rng, lambda r: P.invented_word(r).title() if title else P.invented_word(r), "train")
+        style = str.title if self.pool[0][:1].isupper() else str
+        return P.draw(rng, lambda r: style(P.invented_word(r)), "train")
 
 
 def first_name(rng: random.Random, split: P.Split) -> str:
