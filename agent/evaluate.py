@@ -24,13 +24,19 @@ def answer_records(example: Example) -> list[dict]:
     meta, task = example.meta, example.meta.get("task")
     if task == "memory_dialogue":
         return [
-            {"span": q["answer_span"], "stated_end": q["statement_span"][1], "asked": q["question_start"],
-             "kind": q["kind"]}
+            {"span": q["answer_span"], "stated_start": q["statement_span"][0],
+             "stated_end": q["statement_span"][1], "asked": q["question_start"], "kind": q["kind"]}
             for q in meta["questions"]
         ]  # fmt: skip
     if task == "icr":
         return [
-            {"span": q["span"], "stated_end": q["value_end"], "asked": q["query_start"], "kind": "pair"}
+            {
+                "span": q["span"],
+                "stated_start": q["value_end"] - (q["span"][1] - q["span"][0]),
+                "stated_end": q["value_end"],
+                "asked": q["query_start"],
+                "kind": "pair",
+            }
             for q in meta["queries"]
         ]
     if task == "recite":
@@ -49,11 +55,30 @@ def answer_records(example: Example) -> list[dict]:
     ]
 
 
+def covering(offsets: list[tuple[int, int]], s: int, e: int) -> list[int]:
+    """Indices of the tokens overlapping the character span [s, e)."""
+    return [i for i, (ts, te) in enumerate(offsets) if ts < e and s < te]
+
+
+def stated_form(text: str, ids: list[int], offsets: list[tuple[int, int]], rec: dict) -> dict:
+    """Whether the answer is made of the same tokens as where its fact was stated. Byte-level BPE
+    tokenizes a word after a space differently from one at the start of a turn ("Ġfen" vs "fen"),
+    so an answer can have to be copied into tokens the model never saw in the statement."""
+    if rec.get("stated_start") is None:
+        return {}
+    s, e = rec["span"]
+    p = text.rfind(text[s:e], rec["stated_start"], rec["stated_end"])
+    if p < 0:
+        return {"tokenization": "not verbatim"}  # the statement words the value differently
+    same = [ids[i] for i in covering(offsets, p, p + e - s)] == [ids[i] for i in covering(offsets, s, e)]
+    return {"tokenization": "as stated" if same else "retokenised"}
+
+
 @torch.no_grad()
 def score_example(model: HybridLM, tokenizer: Tokenizer, example: Example, chunk: int = 2048) -> list[dict]:
     """Records of answer_records(example), each with `hit` and `distance_tokens`."""
-    ids, offsets = tokenizer.encode_with_offsets(example.text)
-    ids = [tokenizer.special[BOS], *ids]
+    text_ids, offsets = tokenizer.encode_with_offsets(example.text)
+    ids = [tokenizer.special[BOS], *text_ids]
     starts = [0, *(s for s, _ in offsets)]  # char start of each token (BOS at 0)
     tokens = torch.tensor([ids], device=model.embed.weight.device)
     state, preds = model.init_state(1), []
@@ -65,7 +90,7 @@ def score_example(model: HybridLM, tokenizer: Tokenizer, example: Example, chunk
     out = []
     for rec in answer_records(example):
         s, e = rec["span"]
-        idx = [i for i, (ts, te) in enumerate(offsets) if ts < e and s < te]  # tokens overlapping the span
+        idx = covering(offsets, s, e)
         right = sum(bool(pred[i] == target[i]) for i in idx)  # offsets[i] is ids[i + 1]
         hit = bool(idx) and right == len(idx)
         asked_tok = bisect.bisect_right(starts, rec["asked"]) - 1
@@ -73,21 +98,30 @@ def score_example(model: HybridLM, tokenizer: Tokenizer, example: Example, chunk
         distance = None if stated_tok is None else max(0, asked_tok - stated_tok)
         out.append(
             {**rec, "hit": hit, "answer_tokens": len(idx), "right_tokens": right, "distance_tokens": distance,
-             "tokens": len(ids), "asked_token": asked_tok, "stated_token": stated_tok}
+             "tokens": len(ids), "asked_token": asked_tok, "stated_token": stated_tok,
+             **stated_form(example.text, text_ids, offsets, rec)}
         )  # fmt: skip
     return out
 
 
+def rate(hits: list[bool]) -> dict:
+    return {"answers": len(hits), "exact_match": sum(hits) / len(hits)}
+
+
 def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
-    """Exact match overall, by token distance and by kind of fact; with an OVQ chunk size, also by
+    """Exact match overall, by token distance, by kind of fact and by whether the answer keeps the
+    tokens of its statement; with an OVQ chunk size, also by
     the number of chunk updates (dictionary folds) between the statement and the question: the
     memory horizon."""
     records = list(records)
     by_bucket: dict[str, list[bool]] = {}
     by_kind: dict[str, list[bool]] = {}
+    by_tokenization: dict[str, list[bool]] = {}
     for r in records:
         if "kind" in r:
             by_kind.setdefault(r["kind"], []).append(r["hit"])
+        if "tokenization" in r:
+            by_tokenization.setdefault(r["tokenization"], []).append(r["hit"])
         d = r["distance_tokens"]
         if d is None:
             continue
@@ -104,8 +138,7 @@ def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
                 by_updates.setdefault(edge, []).append(r["hit"])
         horizon = {
             "by_chunk_updates": {
-                (f"{e}" if e < 2 else f"{e}-{2 * e - 1}"): {"answers": len(v), "exact_match": sum(v) / len(v)}
-                for e, v in sorted(by_updates.items())
+                (f"{e}" if e < 2 else f"{e}-{2 * e - 1}"): rate(v) for e, v in sorted(by_updates.items())
             }
         }
     n_tok = sum(r.get("answer_tokens", 0) for r in records)
@@ -116,13 +149,16 @@ def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
         "max_tokens": max((r.get("tokens", 0) for r in records), default=0),
         "exact_match": sum(hits) / len(hits) if hits else float("nan"),
         "by_distance_tokens": {
-            k: {"answers": len(v), "exact_match": sum(v) / len(v)}
-            for k, v in sorted(by_bucket.items(), key=lambda kv: int(kv[0].split("-")[0]))
+            k: rate(v) for k, v in sorted(by_bucket.items(), key=lambda kv: int(kv[0].split("-")[0]))
         },
         # which kinds of fact are kept and which lost (memory dialogues: about 50 kinds)
-        "by_kind": {
-            k: {"answers": len(v), "exact_match": sum(v) / len(v)} for k, v in sorted(by_kind.items())
-        },
+        "by_kind": {k: rate(v) for k, v in sorted(by_kind.items())},
+        # answers whose tokens differ from the statement's must be copied across tokenizations
+        **(
+            {"by_tokenization": {k: rate(v) for k, v in sorted(by_tokenization.items())}}
+            if by_tokenization
+            else {}
+        ),
         **horizon,
     }
 

@@ -89,3 +89,31 @@ def test_memory_horizon_counts_chunk_updates_between_statement_and_question():
         "4-7": {"answers": 1, "exact_match": 1.0},
     }
     assert "by_chunk_updates" not in summarise(recs)  # no OVQ layer, no horizon
+
+
+def test_stated_form_tells_an_answer_copied_token_for_token_from_one_retokenised():
+    from agent.evaluate import stated_form
+
+    # "Ġ" words: a value stated after a space and answered after a space keeps its tokens; answered
+    # at the start of a line it begins with a different token (byte-level BPE); restated, it is neither
+    text = "code: 4471\n? code: 4471\n4471\nfour four seven one\n"
+    ids, offsets = TOK.encode_with_offsets(text)
+    assert TOK.encode(" 4471")[0] != TOK.encode("4471")[0]  # the premise: the space is in the token
+
+    def form(answer_at, stated=(0, 10)):
+        rec = {"span": [answer_at, answer_at + 4], "stated_start": stated[0], "stated_end": stated[1]}
+        return stated_form(text, ids, offsets, rec).get("tokenization")
+
+    assert form(text.index("4471", 11)) == "as stated"
+    assert form(text.index("\n4471") + 1) == "retokenised"
+    assert form(text.index("\n4471") + 1, stated=(27, 46)) == "not verbatim"
+    assert stated_form(text, ids, offsets, {"span": [0, 4], "stated_end": 3}) == {}
+    summary = summarise(
+        [{"hit": h, "tokenization": t, "distance_tokens": 5} for t, h in
+         [("as stated", True), ("retokenised", False), ("retokenised", True)]]
+    )  # fmt: skip
+    assert summary["by_tokenization"] == {
+        "as stated": {"answers": 1, "exact_match": 1.0},
+        "retokenised": {"answers": 2, "exact_match": 0.5},
+    }
+    assert "by_tokenization" not in summarise([{"hit": True, "distance_tokens": 5}])
