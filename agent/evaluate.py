@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from agent.model import HybridLM
-from agent.tasks import Example, make_task
+from agent.tasks import Example, make_chat_task
 from agent.tokenizer import BOS, Tokenizer
 
 BUCKETS = (0, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)  # token distance bucket edges
@@ -176,7 +176,7 @@ def evaluate_recall(
     """Exact-match recall over n fresh examples (memory dialogues use the test vocabulary split)."""
     if task == "memory_dialogue":
         overrides.setdefault("vocab_split", "test")
-    bound = make_task(task, preset, **overrides)
+    bound = make_chat_task(task, preset, model.config.chat_format, **overrides)
     records = [r for i in range(n) for r in score_example(model, tokenizer, bound(seed + i), chunk)]
     state_bytes = model.init_state(1).nbytes
     fold_every = model.config.ovq.chunk_size if "ovq" in model.config.kinds else None

@@ -20,6 +20,7 @@ from torch import nn
 
 from agent.attention import WindowAttention, WindowState
 from agent.linear_attention import GatedLinearAttention, LinearState
+from agent.tokenizer import ChatFormat, chat_format
 from memory import OVQConfig, OVQState
 from memory.layer import OVQAttention
 
@@ -37,6 +38,7 @@ class ModelConfig:
     full_context: int = 8192  # bound of `full` / `nope` layers
     mlp_ratio: float = 8 / 3  # SwiGLU hidden = round_up(ratio * d_model, 64)
     rope_base: float = 10000.0
+    chat_format: str = "plain"  # agent.tokenizer.CHAT_FORMATS: how its training data wrote turns
 
     def __post_init__(self) -> None:
         if self.vocab_size < 2:
@@ -48,6 +50,11 @@ class ModelConfig:
             raise ValueError(f"layers must be a comma list of {LAYER_KINDS}, got {self.layers!r}")
         if self.window < 1 or self.full_context < 1:
             raise ValueError("window and full_context must be >= 1")
+        chat_format(self.chat_format)  # raises on an unknown name
+
+    @property
+    def chat(self) -> ChatFormat:
+        return chat_format(self.chat_format)
 
     @property
     def kinds(self) -> list[str]:
@@ -58,7 +65,10 @@ class ModelConfig:
         return -(-int(self.mlp_ratio * self.d_model) // 64) * 64
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        if d["chat_format"] == "plain":  # models from before the field keep their JSON and fingerprint
+            del d["chat_format"]
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:

@@ -160,6 +160,7 @@ def run_probe(session, probe: Probe, suite: ProbeSuite, index: int) -> ProbeResu
     fed = 0
     while fed < probe.distance:
         piece = filler(rng, "test", suite.observation_prob, max_len=4000)
+        piece = session.runtime.model.config.chat.restyle(piece)
         ids = session.runtime.tokenizer.encode(piece)[: probe.distance - fed]
         session.feed_ids(ids)
         fed += len(ids)

@@ -132,7 +132,7 @@ class Session:
         if role is not None:
             if role not in ("user", "assistant", "observation"):
                 raise ValueError(f"role must be user, assistant or observation, got {role!r}")
-            text = f"<|{role}|>{text}{END}{TURN_SEP}"
+            text = self.runtime.model.config.chat.turn(f"<|{role}|>", text)
         with self.lock:
             fed = sum(self.feed_ids(self.runtime.tokenizer.encode(part)) for part in segments(text))
             if role is not None:
@@ -196,7 +196,8 @@ class Session:
         Iterate it in one thread: it holds the session's lock until it ends."""
         message = self._check_text(message, allow_empty=False)
         with self.lock:
-            self.feed_ids(self.runtime.tokenizer.encode(f"{USER}{message}{END}{TURN_SEP}"))
+            chat = self.runtime.model.config.chat
+            self.feed_ids(self.runtime.tokenizer.encode(chat.turn(USER, message)))
             self.transcript.turns.append(Turn("user", message))
             if self.persist:
                 self.save()  # the user's turn is durable before the reply starts
@@ -204,8 +205,11 @@ class Session:
             self._last_token = None
             try:
                 for piece in self.stream(ASSISTANT, sampling, cancel):
-                    pieces.append(piece)
-                    yield piece
+                    if not pieces:  # the reply's first piece opens with the format's prefix
+                        piece = chat.reply(piece)
+                    if piece:
+                        pieces.append(piece)
+                        yield piece
             finally:
                 self.transcript.turns.append(Turn("assistant", "".join(pieces)))
                 self._close_turn()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer as HFTokenizer
@@ -16,6 +17,49 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 USER, ASSISTANT, OBSERVATION, END = "<|user|>", "<|assistant|>", "<|observation|>", "<|end|>"
 PAD, BOS = "<|pad|>", "<|bos|>"
 SPECIAL_TOKENS = (PAD, BOS, USER, ASSISTANT, OBSERVATION, END)
+MARKERS = (USER, ASSISTANT, OBSERVATION)  # a turn opens with one of these
+TURN_SEP = "\n"  # after a turn's END
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """How a turn is written: MARKER + prefix + text + END + TURN_SEP; a model is trained for one.
+
+    `plain` (no prefix) is the shipped model's. `spaced` opens every turn with a space. Byte-level BPE
+    folds a space into the word after it ("Ġfenugreek"), so under `plain` a value stated mid-sentence
+    and answered at the start of a turn is two different token sequences that the model must learn
+    to copy across; under `spaced` the answer is made of the statement's own tokens.
+    """
+
+    name: str
+    prefix: str
+
+    def open(self, marker: str) -> str:
+        """What precedes a turn's text; a reply is generated after `marker` alone (the prefix, a
+        space, belongs to the first word's token)."""
+        return marker + self.prefix
+
+    def turn(self, marker: str, text: str) -> str:
+        return f"{self.open(marker)}{text}{END}{TURN_SEP}"
+
+    def restyle(self, plain: str) -> str:
+        """Text written in the `plain` format, in this one (each marker gains the prefix)."""
+        for marker in MARKERS:
+            plain = plain.replace(marker, self.open(marker))
+        return plain
+
+    def reply(self, generated: str) -> str:
+        """A generated reply as the user reads it: without the prefix the format opens it with."""
+        return generated.removeprefix(self.prefix)
+
+
+CHAT_FORMATS = {f.name: f for f in (ChatFormat("plain", ""), ChatFormat("spaced", " "))}
+
+
+def chat_format(name: str) -> ChatFormat:
+    if name not in CHAT_FORMATS:
+        raise ValueError(f"unknown chat format {name!r}; choose from {sorted(CHAT_FORMATS)}")
+    return CHAT_FORMATS[name]
 
 
 class Tokenizer:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.tasks import BoundTask, make_task
+from agent.tasks import BoundTask, make_chat_task
+from agent.tokenizer import chat_format
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class TrainConfig:
     log: str | None = None
     init: str | None = None
     workers: int = 0
+    chat_format: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -54,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise ValueError(f"stop_at must lie in [1, steps={self.steps}], got {self.stop_at}")
+        if self.chat_format is not None:
+            chat_format(self.chat_format)
         parse_mix(self.tasks)
 
 
@@ -82,6 +86,8 @@ HELP = {
     "log": "append one JSON line per step (step, loss, lr, tokens/s) to this file",
     "init": 'start from this model directory\'s weights ("default": the shipped model)',
     "workers": "processes generating batches ahead of the step (0: in the training process)",
+    "chat_format": 'how chat turns are written: "plain" (the shipped model) or "spaced" (a space opens '
+    "each turn, so an answer keeps the tokens of its statement); default: --init's, else plain",
 }
 
 
@@ -98,8 +104,9 @@ def parse_ovq(spec: str):
         raise ValueError(f"--ovq {spec!r}: {e}") from None
 
 
-def parse_mix(spec: str) -> list[tuple[BoundTask, float]]:
-    """'memory_dialogue:3,icr@small:1' -> [(task, weight), ...]; a missing weight means 1."""
+def parse_mix(spec: str, chat: str = "plain") -> list[tuple[BoundTask, float]]:
+    """'memory_dialogue:3,icr@small:1' -> [(task, weight), ...]; a missing weight means 1. Tasks
+    written as chat turns are written in the chat format `chat`."""
     mix = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, weight = part.partition(":")
@@ -110,7 +117,7 @@ def parse_mix(spec: str) -> list[tuple[BoundTask, float]]:
             raise ValueError(f"bad weight {weight!r} in task mix {spec!r}") from None
         if not w > 0:
             raise ValueError(f"task weights must be positive, got {w} for {name!r}")
-        mix.append((make_task(name, preset or "default"), w))
+        mix.append((make_chat_task(name, preset or "default", chat), w))
     if not mix:
         raise ValueError(f"empty task mix {spec!r}")
     return mix

@@ -20,6 +20,7 @@ from .base import (
     answer_token_mask,
     derive_seed,
     iter_examples,
+    make_chat_task,
     make_task,
     turn,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "icl",
     "icr",
     "iter_examples",
+    "make_chat_task",
     "make_task",
     "memory_dialogue",
     "positional_icr",

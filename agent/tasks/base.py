@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from agent.tokenizer import ASSISTANT, END, OBSERVATION, USER  # noqa: F401  (re-exported)
+from agent.tokenizer import (  # noqa: F401  (re-exported)
+    ASSISTANT,
+    CHAT_FORMATS,
+    END,
+    OBSERVATION,
+    TURN_SEP,
+    USER,
+)
 
-# A turn is MARKER + text + END; turns are joined by TURN_SEP.
-TURN_SEP = "\n"
-
-
-def turn(marker: str, text: str) -> str:
-    return f"{marker}{text}{END}{TURN_SEP}"
+turn = CHAT_FORMATS["plain"].turn  # tasks write plain turns; ChatFormat.restyle converts whole pieces
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,13 @@ def make_task(name: str, preset: str = "default", **overrides: Any) -> BoundTask
     except TypeError as err:  # an unknown field name
         raise ValueError(f"bad override for task {name!r}: {err}") from None
     return BoundTask(task, config)
+
+
+def make_chat_task(name: str, preset: str, chat_format: str, **overrides: Any) -> BoundTask:
+    """make_task, where a task written as chat turns writes them in `chat_format` (a model's)."""
+    if name in TASKS and "chat_format" in {f.name for f in fields(TASKS[name].config_type)}:
+        overrides["chat_format"] = chat_format
+    return make_task(name, preset, **overrides)
 
 
 def iter_examples(config: Any, seed: int) -> Iterator[Example]:

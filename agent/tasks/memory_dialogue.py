@@ -20,6 +20,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from agent.tokenizer import ChatFormat, chat_format
+
 from . import pools as P
 from .base import (
     ASSISTANT,
@@ -31,7 +33,6 @@ from .base import (
     Task,
     check_positive,
     register,
-    turn,
     words_between,
 )
 from .facts import KINDS, FactKind, Pooled, fact_kinds
@@ -62,6 +63,8 @@ class MemoryDialogueConfig:
     # invented word instead; training data only. The pools hold 18-54 words, so without this a model
     # can learn each class's training values by heart and then fails on held-out ones.
     novel_value_prob: float = 0.0
+    # how turns are written (agent.tokenizer.CHAT_FORMATS): the format of the model being trained
+    chat_format: str = "plain"
 
     def __post_init__(self) -> None:
         check_positive("num_facts", self.num_facts)
@@ -82,6 +85,7 @@ class MemoryDialogueConfig:
             raise ValueError(
                 f"target_chars={self.target_chars} is shorter than max_distance={self.max_distance}"
             )
+        chat_format(self.chat_format)  # raises on an unknown name
         if self.vocab_split not in P.SPLITS:
             raise ValueError(f"vocab_split must be one of {P.SPLITS}, got {self.vocab_split!r}")
         if self.novel_value_prob and self.vocab_split != "train":
@@ -219,12 +223,13 @@ SYSTEMS = ("HR", "CRM", "Contacts", "Directory", "Facilities", "Travel desk")
 
 def statement(fact: Fact, config: MemoryDialogueConfig, rng: random.Random) -> tuple[str, int]:
     """A statement piece and where its value ends inside it."""
+    chat = chat_format(config.chat_format)
     if fact.subject is None or rng.random() >= config.observation_prob:
         before, after = fill(rng.choice(fact.kind.statements), fact)
         # No prefix before a template with its own colon: not "Quick note: For the calendar: ...".
         prefix = "" if ":" in before else rng.choice(STATEMENT_PREFIXES)
-        head = f"{USER}{prefix}{before}"
-        body = f"{after}{rng.choice(STATEMENT_SUFFIXES)}{END_SEP}" + turn(ASSISTANT, rng.choice(ACKS))
+        head = f"{chat.open(USER)}{prefix}{before}"
+        body = f"{after}{rng.choice(STATEMENT_SUFFIXES)}{END_SEP}" + chat.turn(ASSISTANT, rng.choice(ACKS))
         return head + fact.value + body, len(head) + len(fact.value)
 
     name, label, split = fact.subject, fact.kind.label, config.vocab_split
@@ -247,15 +252,15 @@ def statement(fact: Fact, config: MemoryDialogueConfig, rng: random.Random) -> t
     else:  # a tool result
         head = f'lookup("{name}") returned:\n{{"name": "{name}", "{fact.kind.kind}": "'
         tail = '"}'
-    head = OBSERVATION + head
+    head = chat.open(OBSERVATION) + head
     return head + fact.value + tail + END_SEP, len(head) + len(fact.value)
 
 
-def question(fact: Fact, rng: random.Random) -> tuple[str, tuple[int, int]]:
+def question(fact: Fact, chat: ChatFormat, rng: random.Random) -> tuple[str, tuple[int, int]]:
     """A question turn and its answer, with the answer's span inside the piece."""
     ask = fmt(rng.choice(fact.kind.questions), fact)
     before, after = fill(rng.choice(REPLIES), fact, speaker_is_user=False)
-    head = turn(USER, rng.choice(QUESTION_PREFIXES) + ask) + ASSISTANT + before
+    head = chat.turn(USER, rng.choice(QUESTION_PREFIXES) + ask) + chat.open(ASSISTANT) + before
     return head + fact.value + after + END_SEP, (len(head), len(head) + len(fact.value))
 
 
@@ -295,6 +300,12 @@ def attempt(config: MemoryDialogueConfig, rng: random.Random) -> Example | None:
     pieces: list[str] = []
     spans, fact_meta, questions = [], [None] * len(facts), []
     cur = 0
+    chat = chat_format(config.chat_format)
+
+    def some_filler(max_len: int) -> str | None:
+        # filler is written plain, at most two turns; restyling lengthens each by the prefix
+        piece = filler(rng, config.vocab_split, config.observation_prob, max_len - 2 * len(chat.prefix))
+        return None if piece is None else chat.restyle(piece)
 
     def emit(piece: str) -> None:
         nonlocal cur
@@ -303,7 +314,7 @@ def attempt(config: MemoryDialogueConfig, rng: random.Random) -> Example | None:
 
     def ask(q: dict, rendered: tuple[str, tuple[int, int]] | None = None) -> None:
         fact = facts[q["fact"]]
-        piece, (s, e) = rendered or question(fact, rng)
+        piece, (s, e) = rendered or question(fact, chat, rng)
         pending_qs.remove(q)
         spans.append((cur + s, cur + e))
         questions.append(
@@ -346,7 +357,7 @@ def attempt(config: MemoryDialogueConfig, rng: random.Random) -> Example | None:
         due = [q for q in open_qs if q["target"] <= cur]
         if due:
             q = min(due, key=by_deadline)
-            rendered = question(facts[q["fact"]], rng)
+            rendered = question(facts[q["fact"]], chat, rng)
             at_risk = [p for p in open_qs if p is not q and p["deadline"] < cur + len(rendered[0])]
             if at_risk:  # asking q would push another question past its window: that one goes first
                 ask(min(at_risk, key=by_deadline))
@@ -363,15 +374,15 @@ def attempt(config: MemoryDialogueConfig, rng: random.Random) -> Example | None:
         hard = min((q["deadline"] for q in pending_qs), default=math.inf) - cur
         ahead = [t for t, _ in pending_stmts if t > cur] + [q["target"] for q in pending_qs]
         soft = min(ahead) - cur + SOFT_OVERSHOOT if ahead else T - cur
-        piece = filler(rng, config.vocab_split, config.observation_prob, int(min(hard, max(soft, 0))))
+        piece = some_filler(int(min(hard, max(soft, 0))))
         if piece is None and pending_qs:
             if open_qs:  # too close to a deadline for any filler: ask now, still inside the window
                 ask(min(open_qs, key=by_deadline))
                 continue
-            piece = filler(rng, config.vocab_split, config.observation_prob, int(hard))
+            piece = some_filler(int(hard))
             if piece is None:
                 return None
-        emit(piece or tiny(rng, config.vocab_split))
+        emit(piece or chat.restyle(tiny(rng, config.vocab_split)))
 
     text = "".join(pieces)
     for q in questions:

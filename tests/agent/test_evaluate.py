@@ -117,3 +117,17 @@ def test_stated_form_tells_an_answer_copied_token_for_token_from_one_retokenised
         "retokenised": {"answers": 2, "exact_match": 0.5},
     }
     assert "by_tokenization" not in summarise([{"hit": True, "distance_tokens": 5}])
+
+
+def test_evaluation_writes_dialogues_in_the_models_chat_format(monkeypatch):
+    import agent.evaluate
+
+    seen = []
+    record = {"hit": True, "distance_tokens": None}  # only the examples matter here
+    monkeypatch.setattr(
+        agent.evaluate, "score_example", lambda m, t, ex, chunk: seen.append(ex.text) or [record]
+    )
+    for fmt in ("plain", "spaced"):
+        model = HybridLM(ModelConfig.preset("tiny", TOK.vocab_size, chat_format=fmt))
+        evaluate_recall(model, TOK, task="memory_dialogue", n=1)
+    assert "<|user|> " not in seen[0] and "<|user|> " in seen[1]

@@ -109,6 +109,12 @@ def test_bad_tokens_config_and_state():
 def test_config_round_trips_through_json_and_weights_are_tied():
     config = ModelConfig.preset("default", 4096)
     assert ModelConfig.from_json(config.to_json()) == config
+    # the chat format: written when not plain, so that older models keep their JSON (and fingerprint)
+    spaced = ModelConfig.preset("default", 4096, chat_format="spaced")
+    assert ModelConfig.from_json(spaced.to_json()) == spaced and spaced.chat.prefix == " "
+    assert "chat_format" not in config.to_json() and config.chat.name == "plain"
+    with pytest.raises(ValueError, match="unknown chat format"):
+        ModelConfig(V, chat_format="fancy")
     model = HybridLM(ModelConfig.preset("tiny", V))
     assert model.num_params() == sum(p.numel() for p in model.parameters())
     assert not any(name.startswith("lm_head") for name, _ in model.named_parameters())

@@ -190,3 +190,27 @@ def test_reply_stream_streams_and_closing_it_still_closes_the_turn(runtime):
     assert first is None or isinstance(first, str)
     assert [t.role for t in s.transcript.turns] == ["user", "assistant"]
     assert s.reply("next", SamplingConfig(max_tokens=2)) is not None  # the session is usable again
+
+
+def test_a_spaced_model_gets_spaced_turns_and_replies_without_the_space(tmp_path):
+    tok = Tokenizer.train((make_task("memory_dialogue")(i).text for i in range(20)), vocab_size=400)
+    torch.manual_seed(0)
+    model = HybridLM(ModelConfig.preset("tiny", tok.vocab_size, chat_format="spaced"))
+    rt = Runtime.load(save_model(model, tok, tmp_path / "model"), store=tmp_path / "store")
+    s = rt.session("spaced")
+    fed = []
+    s.feed_ids = lambda ids, orig=s.feed_ids: fed.append(list(ids)) or orig(ids)
+    s.feed("my code is 4471", role="user")
+    s.reply("and mine?", SamplingConfig(max_tokens=0))
+    assert fed == [tok.encode("<|user|> my code is 4471<|end|>\n"), tok.encode("<|user|> and mine?<|end|>\n")]
+    # a reply generated as " 4471" reads "4471": the model is made to say that word, then <|end|>
+    say = [tok.special["<|assistant|>"], *tok.encode(" 4471"), tok.special["<|end|>"]]
+    nxt = dict(zip(say, say[1:]))
+
+    def forward(tokens, state=None, **kw):
+        t = nxt.get(int(tokens[0, -1]), tok.special["<|end|>"])
+        return torch.nn.functional.one_hot(torch.tensor([[t]]), tok.vocab_size).float() * 50, state
+
+    rt.model.forward = forward
+    assert s.reply("code?", SamplingConfig(max_tokens=8)) == "4471"
+    assert s.transcript.turns[-1].text == "4471"

@@ -454,3 +454,32 @@ def test_recite_labels_come_from_the_chosen_split():
         ex = make_task("recite", vocab_split=split)(3)
         for r in ex.meta["recitals"]:
             assert all(P.split_of(part) == split for part in r["label"].split())
+
+
+def test_spaced_dialogues_open_every_turn_with_a_space_and_answers_keep_their_tokens():
+    from agent.checkpoint import DEFAULT_MODEL_DIR
+    from agent.evaluate import answer_records, stated_form
+    from agent.tokenizer import MARKERS, Tokenizer
+
+    plain = make_task("memory_dialogue", "train_1k")(7)
+    spaced = make_task("memory_dialogue", "train_1k", chat_format="spaced")(7)
+    for m in MARKERS:
+        assert spaced.text.count(m) == spaced.text.count(m + " ") > 0 and plain.text.count(m + " ") == 0
+    for ex in (plain, spaced):  # spans still point at the values
+        for q in ex.meta["questions"]:
+            assert ex.text[slice(*q["answer_span"])] == q["value"] == ex.text[slice(*q["statement_span"])]
+    # the point of the format: with the shipped tokenizer, answers keep their statement's tokens
+    tok = Tokenizer.load(DEFAULT_MODEL_DIR)
+
+    def retokenised(fmt):
+        forms = []
+        for seed in range(10):
+            ex = make_task("memory_dialogue", "train_1k", chat_format=fmt)(seed)
+            ids, offsets = tok.encode_with_offsets(ex.text)
+            forms += [stated_form(ex.text, ids, offsets, r)["tokenization"] for r in answer_records(ex)]
+        return forms.count("retokenised") / len(forms)
+
+    # (what stays retokenised: values quoted in a tool's JSON, '"V82-2705"', and odd merges like "#.")
+    assert retokenised("plain") > 0.15 and retokenised("spaced") < 0.10
+    with pytest.raises(ValueError, match="unknown chat format"):
+        make_task("memory_dialogue", chat_format="fancy")

@@ -49,3 +49,19 @@ def test_save_load_preserves_ids_and_fingerprint(tok, tmp_path):
 def test_bad_vocab_size():
     with pytest.raises(ValueError, match="vocab_size"):
         Tokenizer.train(CORPUS, vocab_size=100)
+
+
+def test_chat_formats_write_turns_and_restyle_plain_text():
+    from agent.tokenizer import CHAT_FORMATS, OBSERVATION, chat_format
+
+    plain, spaced = CHAT_FORMATS["plain"], chat_format("spaced")
+    assert plain.turn(USER, "hi") == f"{USER}hi{END}\n"
+    assert spaced.turn(USER, "hi") == f"{USER} hi{END}\n" and spaced.open(ASSISTANT) == f"{ASSISTANT} "
+    text = plain.turn(USER, "a") + plain.turn(ASSISTANT, "b") + plain.turn(OBSERVATION, "c")
+    assert spaced.restyle(text) == spaced.turn(USER, "a") + spaced.turn(ASSISTANT, "b") + spaced.turn(
+        OBSERVATION, "c"
+    )
+    assert plain.restyle(text) == text
+    assert spaced.reply(" 4471") == "4471" and spaced.reply("4471") == "4471" and plain.reply(" x") == " x"
+    with pytest.raises(ValueError, match="unknown chat format 'fancy'"):
+        chat_format("fancy")

@@ -73,6 +73,30 @@ def test_ovq_overrides_the_preset_memory(tmp_path, tokenizer_path):
     assert (ovq.chunk_size, ovq.capacity, ovq.schedule) == (8, 128, "linear")
 
 
+def test_chat_format_is_the_models_and_shapes_its_dialogues(tmp_path, tokenizer_path):
+    def run(name, tok=tokenizer_path, **kw):
+        kw = {"steps": 1, **kw}
+        return train(
+            config(tmp_path / name, tok, tasks="memory_dialogue@train_1k:1", seq_len=1024, batch_size=1, **kw)
+        )
+
+    def fmt(out):
+        return ModelConfig.from_json((out / "config.json").read_text()).chat_format
+
+    spaced = run("s", chat_format="spaced")
+    assert fmt(spaced) == "spaced" and fmt(run("p")) == "plain"
+    assert fmt(run("t", None, init=str(spaced))) == "spaced"  # --init brings its format
+    assert fmt(run("r", None, init=str(spaced), chat_format="plain")) == "plain"  # which may be changed
+    (chat, _), (icr, _) = parse_mix("memory_dialogue:1,icr@tiny:1", "spaced")
+    assert chat.config.chat_format == "spaced" and "<|user|> " in chat(0).text
+    assert not hasattr(icr.config, "chat_format")  # tasks without turns are left alone
+    run("half", chat_format="spaced", steps=2, stop_at=1)
+    with pytest.raises(ValueError, match="cannot resume as 'plain'"):
+        run("half", chat_format="plain", steps=2)
+    with pytest.raises(ValueError, match="unknown chat format"):
+        TrainConfig(chat_format="fancy")
+
+
 def _ddp_worker(rank, world, port, cfg):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
