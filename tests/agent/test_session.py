@@ -9,9 +9,10 @@ import torch
 from agent.checkpoint import save_model
 from agent.generate import CancelToken, SamplingConfig
 from agent.model import HybridLM, ModelConfig
+from agent.probes import Probe, ProbeSuite, run_probe
 from agent.session import Runtime
 from agent.tasks import make_task
-from agent.tokenizer import Tokenizer
+from agent.tokenizer import MARKERS, Tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +204,14 @@ def test_a_spaced_model_gets_spaced_turns_and_replies_without_the_space(tmp_path
     s.feed("my code is 4471", role="user")
     s.reply("and mine?", SamplingConfig(max_tokens=0))
     assert fed == [tok.encode("<|user|> my code is 4471<|end|>\n"), tok.encode("<|user|> and mine?<|end|>\n")]
+    fed.clear()  # a probe's filler is written in the model's format too
+    probe = Probe("my code is 4471", "code?", distance=600, expect="4471")
+    f = s.fork("probe")
+    f.feed_ids = lambda ids, orig=f.feed_ids: fed.append(list(ids)) or orig(ids)
+    run_probe(f, probe, ProbeSuite("t", (probe,), observation_prob=0.5, max_tokens=0), 0)
+    filler = tok.decode([i for ids in fed for i in ids])
+    assert sum(filler.count(m) for m in MARKERS) > 2
+    assert all(filler.count(m) == filler.count(m + " ") for m in MARKERS)
     # a reply generated as " 4471" reads "4471": the model is made to say that word, then <|end|>
     say = [tok.special["<|assistant|>"], *tok.encode(" 4471"), tok.special["<|end|>"]]
     nxt = dict(zip(say, say[1:]))
