@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.tokenizer import ChatFormat, chat_format
 
@@ -99,16 +99,18 @@ class MemoryDialogueConfig:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
 
 
+# dense: ~12 questions (~40 answer tokens) in ~1k tokens
+TRAIN_1K = MemoryDialogueConfig(
+    num_facts=14, num_questions=12, min_distance=300, max_distance=3600, target_chars=4000
+)
+TRAIN_4K = MemoryDialogueConfig(num_facts=6, num_questions=4, max_distance=12_000, target_chars=14_000)
 PRESETS = {
     "default": MemoryDialogueConfig(),
-    "train_1k": MemoryDialogueConfig(  # dense: ~12 questions (~40 answer tokens) in ~1k tokens
-        num_facts=14, num_questions=12, min_distance=300, max_distance=3600, target_chars=4000
-    ),
-    "train_4k": MemoryDialogueConfig(num_facts=6, num_questions=4, max_distance=12_000, target_chars=14_000),
-    # train_4k where a quarter of closed-class values are invented words: copying, not recall of a class
-    "train_4k_novel": MemoryDialogueConfig(
-        num_facts=6, num_questions=4, max_distance=12_000, target_chars=14_000, novel_value_prob=0.25
-    ),
+    "train_1k": TRAIN_1K,
+    "train_4k": TRAIN_4K,
+    # a quarter of closed-class values are invented words: copying, not recall of a class
+    "train_1k_novel": replace(TRAIN_1K, novel_value_prob=0.25),
+    "train_4k_novel": replace(TRAIN_4K, novel_value_prob=0.25),
     # the default model's acceptance test: facts stated 2k-16k tokens (3.7-4 characters each with the
     # default tokenizer) before their question, names and values from the test split
     "test_2k_16k": MemoryDialogueConfig(

@@ -293,6 +293,10 @@ def test_novel_values_replace_closed_class_values_with_invented_words():
     unchanged = [s for s in range(40) if not any(f["kind"] in pooled for f in plain(s).meta["facts"])]
     assert len(unchanged) > 10
     assert all(plain(s).text == novel(s).text for s in unchanged)
+    # the novel presets are their base presets with the option set
+    for base in ("train_1k", "train_4k"):
+        cfg = make_task("memory_dialogue", f"{base}_novel").config
+        assert cfg == replace(make_task("memory_dialogue", base).config, novel_value_prob=0.25)
 
 
 # --- memory dialogue: layout ---------------------------------------------------------------------------
