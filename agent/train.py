@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from agent.checkpoint import DEFAULT_MODEL_DIR, load_model, save_model
+from agent.checkpoint import load_model, save_model
 from agent.model import HybridLM, ModelConfig
 from agent.tasks import answer_token_mask, derive_seed
 from agent.tokenizer import BOS, PAD, Tokenizer
@@ -107,45 +107,34 @@ def train_tokenizer(mix, cfg: TrainConfig, n_texts: int = 2000) -> Tokenizer:
     return Tokenizer.train(texts, vocab_size=cfg.vocab_size)
 
 
-def _chat_format(cfg: TrainConfig, out: Path, resume: bool) -> str:
-    """The run's chat format: a resumed run's own; else --chat-format; else --init's; else plain."""
-    if resume:
-        saved = ModelConfig.from_json((out / "config.json").read_text()).chat_format
-        if cfg.chat_format not in (None, saved):
-            raise ValueError(
-                f"{out} holds a run in chat format {saved!r}; it cannot resume as {cfg.chat_format!r}"
-            )
-        return saved
-    if cfg.chat_format is not None:
-        return cfg.chat_format
-    if cfg.init is not None:
-        config = (DEFAULT_MODEL_DIR if cfg.init == "default" else Path(cfg.init)) / "config.json"
-        if config.is_file():  # else load_model says what the directory lacks
-            return ModelConfig.from_json(config.read_text()).chat_format
-    return "plain"
-
-
 def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     """Train (or resume) into cfg.out; returns the model directory. Call under torchrun for DDP."""
     rank, world = _init_distributed()
     device = _device(cfg.device, rank)
     out = Path(cfg.out)
     resume = (out / TRAIN_STATE).is_file()
-    chat = _chat_format(cfg, out, resume)
-    mix = parse_mix(cfg.tasks, chat)
     torch.manual_seed(cfg.seed)
+    # the chat format: a resumed run's own; else --chat-format; else --init's; else plain
     if cfg.init is not None and not resume:  # fine-tune: the init model's config, tokenizer, weights
         loaded = load_model(None if cfg.init == "default" else cfg.init)
         model, tokenizer = loaded.model.train().to(device), loaded.tokenizer
-        model.config = replace(model.config, chat_format=chat)  # a format it may be taught anew
+        model.config = replace(model.config, chat_format=cfg.chat_format or model.config.chat_format)
+        mix = parse_mix(cfg.tasks, model.config.chat_format)
     else:
+        if resume:
+            config = ModelConfig.from_json((out / "config.json").read_text())
+            if cfg.chat_format not in (None, config.chat_format):
+                raise ValueError(
+                    f"{out} holds a run in chat format {config.chat_format!r}; "
+                    f"it cannot resume as {cfg.chat_format!r}"
+                )
+        chat = config.chat_format if resume else cfg.chat_format or "plain"
+        mix = parse_mix(cfg.tasks, chat)
         if resume or cfg.tokenizer:
             tokenizer = Tokenizer.load(out if resume else cfg.tokenizer)
         else:
             tokenizer = train_tokenizer(mix, cfg)
-        if resume:
-            config = ModelConfig.from_json((out / "config.json").read_text())
-        else:
+        if not resume:
             overrides = {
                 **({"layers": cfg.layers} if cfg.layers else {}),
                 **({"ovq": parse_ovq(cfg.ovq)} if cfg.ovq else {}),

@@ -98,6 +98,10 @@ class MemoryDialogueConfig:
             if not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
 
+    @property
+    def chat(self) -> ChatFormat:
+        return chat_format(self.chat_format)
+
 
 # dense: ~12 questions (~40 answer tokens) in ~1k tokens
 TRAIN_1K = MemoryDialogueConfig(
@@ -225,7 +229,7 @@ SYSTEMS = ("HR", "CRM", "Contacts", "Directory", "Facilities", "Travel desk")
 
 def statement(fact: Fact, config: MemoryDialogueConfig, rng: random.Random) -> tuple[str, int]:
     """A statement piece and where its value ends inside it."""
-    chat = chat_format(config.chat_format)
+    chat = config.chat
     if fact.subject is None or rng.random() >= config.observation_prob:
         before, after = fill(rng.choice(fact.kind.statements), fact)
         # No prefix before a template with its own colon: not "Quick note: For the calendar: ...".
@@ -302,7 +306,7 @@ def attempt(config: MemoryDialogueConfig, rng: random.Random) -> Example | None:
     pieces: list[str] = []
     spans, fact_meta, questions = [], [None] * len(facts), []
     cur = 0
-    chat = chat_format(config.chat_format)
+    chat = config.chat
 
     def some_filler(max_len: int) -> str | None:
         # filler is written plain, at most two turns; restyling lengthens each by the prefix
