@@ -70,14 +70,20 @@ def _eval(args: argparse.Namespace) -> int:
     from agent.checkpoint import load_model
     from agent.evaluate import evaluate_recall
 
-    if args.n < 1:
-        print(f"ovq eval: --n must be >= 1, got {args.n}", file=sys.stderr)
-        return 2
-    if args.what == "compare":
-        return _eval_compare(args)
     try:
+        n, seed = _int_list("--n", args.n), _int_list("--seed", args.seed)
+        if min(n) < 1:
+            raise ValueError(f"--n must be >= 1, got {args.n}")
+        if args.what == "compare":
+            if len(n) > 1 or len(seed) > 1:
+                raise ValueError("compare takes one --n and one --seed")
+            args.n, args.seed = n[0], seed[0]
+            return _eval_compare(args)
         loaded = load_model(args.model)
-        result = evaluate_recall(loaded.model, loaded.tokenizer, args.task, args.preset, args.n, args.seed)
+        result = evaluate_recall(
+            loaded.model, loaded.tokenizer, args.task, args.preset,
+            n[0] if len(n) == 1 else n, seed[0] if len(seed) == 1 else seed,
+        )  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq eval: {e}", file=sys.stderr)
         return 2
@@ -127,6 +133,16 @@ def _eval_compare(args: argparse.Namespace) -> int:
             f.write(table)
     print(table, end="")
     return 0
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ValueError(f"{flag} must be an integer or comma-separated integers, got {text!r}")
+    return values
 
 
 def _read_compare_json(path: str) -> dict:
@@ -334,8 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", help="compare: also write a PNG plot to this file (needs matplotlib)")
     ev.add_argument("--task", default="memory_dialogue", help="icr | positional_icr | icl | memory_dialogue")
     ev.add_argument("--preset", default="default", help="task preset (e.g. default, train_4k, test_64k)")
-    ev.add_argument("--n", type=int, default=20, help="examples")
-    ev.add_argument("--seed", type=int, default=10**6, help="first example seed (training uses others)")
+    ev.add_argument(
+        "--n", default="20", help="examples; recall: one count per --seed (comma-separated) or one for all"
+    )
+    ev.add_argument(
+        "--seed",
+        default=str(10**6),
+        help="first example seed (training uses others); recall: several, comma-separated, pool their "
+        "examples into one result",
+    )
     ev.add_argument("--json", help="also write the result to this file")
     ev.set_defaults(func=_eval)
 

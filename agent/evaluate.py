@@ -8,12 +8,13 @@ state chunk by chunk, so evaluation memory is bounded by the chunk, not the inpu
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
 from agent.model import HybridLM
 from agent.tasks import Example, make_chat_task
+from agent.tasks.facts import KINDS, Pooled
 from agent.tokenizer import BOS, Tokenizer
 
 BUCKETS = (0, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)  # token distance bucket edges
@@ -25,7 +26,8 @@ def answer_records(example: Example) -> list[dict]:
     if task == "memory_dialogue":
         return [
             {"span": q["answer_span"], "stated_start": q["statement_span"][0],
-             "stated_end": q["statement_span"][1], "asked": q["question_start"], "kind": q["kind"]}
+             "stated_end": q["statement_span"][1], "asked": q["question_start"], "kind": q["kind"],
+             "value_class": value_class(q["kind"])}
             for q in meta["questions"]
         ]  # fmt: skip
     if task == "icr":
@@ -53,6 +55,12 @@ def answer_records(example: Example) -> list[dict]:
     return [
         {"span": list(s), "stated_end": None, "asked": s[0], "kind": "answer"} for s in example.answer_spans
     ]
+
+
+def value_class(kind: str) -> str:
+    """ "closed class" for kinds whose values come from a small word pool (sports, spices...), which a
+    model can answer from a memorised list instead of its memory; "open" for the rest."""
+    return "closed class" if isinstance(KINDS[kind].sample, Pooled) else "open"
 
 
 def covering(offsets: list[tuple[int, int]], s: int, e: int) -> list[int]:
@@ -109,19 +117,16 @@ def rate(hits: list[bool]) -> dict:
 
 
 def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
-    """Exact match overall, by token distance, by kind of fact and by whether the answer keeps the
-    tokens of its statement; with an OVQ chunk size, also by
-    the number of chunk updates (dictionary folds) between the statement and the question: the
-    memory horizon."""
+    """Exact match overall, by token distance, by kind of fact, by class of value and by whether the
+    answer keeps the tokens of its statement; with an OVQ chunk size, also by the number of chunk
+    updates (dictionary folds) between the statement and the question: the memory horizon."""
     records = list(records)
     by_bucket: dict[str, list[bool]] = {}
-    by_kind: dict[str, list[bool]] = {}
-    by_tokenization: dict[str, list[bool]] = {}
+    groups: dict[str, dict[str, list[bool]]] = {"kind": {}, "value_class": {}, "tokenization": {}}
     for r in records:
-        if "kind" in r:
-            by_kind.setdefault(r["kind"], []).append(r["hit"])
-        if "tokenization" in r:
-            by_tokenization.setdefault(r["tokenization"], []).append(r["hit"])
+        for field, by in groups.items():
+            if field in r:
+                by.setdefault(r[field], []).append(r["hit"])
         d = r["distance_tokens"]
         if d is None:
             continue
@@ -152,13 +157,14 @@ def summarise(records: Iterable[dict], chunk_size: int | None = None) -> dict:
             k: rate(v) for k, v in sorted(by_bucket.items(), key=lambda kv: int(kv[0].split("-")[0]))
         },
         # which kinds of fact are kept and which lost (memory dialogues: about 50 kinds)
-        "by_kind": {k: rate(v) for k, v in sorted(by_kind.items())},
-        # answers whose tokens differ from the statement's must be copied across tokenizations
-        **(
-            {"by_tokenization": {k: rate(v) for k, v in sorted(by_tokenization.items())}}
-            if by_tokenization
-            else {}
-        ),
+        "by_kind": {k: rate(v) for k, v in sorted(groups["kind"].items())},
+        # closed-class values can be recited from training; answers whose tokens differ from the
+        # statement's must be copied across tokenizations (memory dialogues only)
+        **{
+            f"by_{field}": {k: rate(v) for k, v in sorted(groups[field].items())}
+            for field in ("value_class", "tokenization")
+            if groups[field]
+        },
         **horizon,
     }
 
@@ -168,17 +174,45 @@ def evaluate_recall(
     tokenizer: Tokenizer,
     task: str = "memory_dialogue",
     preset: str = "default",
-    n: int = 20,
-    seed: int = 10**6,
+    n: int | Sequence[int] = 20,
+    seed: int | Sequence[int] = 10**6,
     chunk: int = 2048,
     **overrides,
 ) -> dict:
-    """Exact-match recall over n fresh examples (memory dialogues use the test vocabulary split)."""
+    """Exact-match recall over n fresh examples from seed on (memory dialogues use the test
+    vocabulary split). Several sets pool into one result: seed=(1000, 5000), n=(60, 40) scores
+    examples 1000-1059 and 5000-5039 together."""
+    sets = seed_sets(n, seed)
     if task == "memory_dialogue":
         overrides.setdefault("vocab_split", "test")
     bound = make_chat_task(task, preset, model.config.chat_format, **overrides)
-    records = [r for i in range(n) for r in score_example(model, tokenizer, bound(seed + i), chunk)]
+    records = [
+        r for s, k in sets for i in range(k) for r in score_example(model, tokenizer, bound(s + i), chunk)
+    ]
     state_bytes = model.init_state(1).nbytes
     fold_every = model.config.ovq.chunk_size if "ovq" in model.config.kinds else None
     summary = summarise(records, fold_every)
-    return {"task": task, "preset": preset, "examples": n, "state_bytes": state_bytes, **summary}
+    examples = sum(k for _, k in sets)
+    pooled = {"seed_sets": [{"seed": s, "examples": k} for s, k in sets]} if len(sets) > 1 else {}
+    return {
+        "task": task,
+        "preset": preset,
+        "examples": examples,
+        **pooled,
+        "state_bytes": state_bytes,
+        **summary,
+    }
+
+
+def seed_sets(n: int | Sequence[int], seed: int | Sequence[int]) -> list[tuple[int, int]]:
+    """(first seed, examples) per set: one n for every seed, or one n per seed."""
+    seeds = [seed] if isinstance(seed, int) else list(seed)
+    counts = [n] * len(seeds) if isinstance(n, int) else list(n)
+    if not seeds or len(counts) != len(seeds):
+        raise ValueError(f"give one example count for every seed, or one for all: n={n}, seed={seed}")
+    if any(k < 1 for k in counts):
+        raise ValueError(f"example counts must be >= 1, got n={n}")
+    ends = sorted((s, s + k) for s, k in zip(seeds, counts))
+    if any(b < a_end for (_, a_end), (b, _) in zip(ends, ends[1:])):
+        raise ValueError(f"seed sets overlap (an example would count twice): n={n}, seed={seed}")
+    return list(zip(seeds, counts))

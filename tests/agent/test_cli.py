@@ -63,6 +63,26 @@ def test_eval_without_the_default_model_says_what_is_missing(capsys, monkeypatch
     assert "no default model" in capsys.readouterr().err
 
 
+def test_eval_recall_pools_seed_sets_and_rejects_bad_lists(model_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = ["eval", "recall", "--model", model_dir, "--task", "icr", "--preset", "tiny"]
+    assert main([*argv, "--seed", "7,50", "--n", "2,1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["examples"] == 3 and result["answers"] == 12  # 4 queries per tiny example
+    assert result["seed_sets"] == [{"seed": 7, "examples": 2}, {"seed": 50, "examples": 1}]
+    capsys.readouterr()
+    for bad, says in [
+        (["--n", "2,x"], "comma-separated integers"),
+        (["--n", "0"], "--n must be >= 1"),
+        (["--seed", "7,50", "--n", "1,2,3"], "one example count for every seed"),
+        (["--seed", "7,8", "--n", "2"], "overlap"),
+    ]:
+        assert main([*argv, *bad]) == 2
+        assert says in capsys.readouterr().err
+    assert main(["eval", "compare", "--models", model_dir, "--lengths", "64", "--seed", "1,2"]) == 2
+    assert "one --n and one --seed" in capsys.readouterr().err
+
+
 def test_bench_speed_reports_prefill_and_generation_rates(model_dir, capsys):
     argv = ["bench", "speed", "--model", model_dir, "--tokens", "300", "--generate", "5", "--repeats", "1"]
     assert main(argv) == 0

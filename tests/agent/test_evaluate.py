@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from agent.evaluate import answer_records, evaluate_recall, score_example, summarise
+from agent.evaluate import answer_records, evaluate_recall, score_example, seed_sets, summarise
 from agent.model import HybridLM, ModelConfig
 from agent.tasks import Example, make_task
 from agent.tokenizer import Tokenizer
@@ -131,3 +131,42 @@ def test_evaluation_writes_dialogues_in_the_models_chat_format(monkeypatch):
         model = HybridLM(ModelConfig.preset("tiny", TOK.vocab_size, chat_format=fmt))
         evaluate_recall(model, TOK, task="memory_dialogue", n=1)
     assert "<|user|> " not in seen[0] and "<|user|> " in seen[1]
+
+
+def test_seed_sets_pool_into_one_result_equal_to_their_parts():
+    torch.manual_seed(0)
+    model = HybridLM(ModelConfig.preset("tiny", TOK.vocab_size)).eval()
+    parts = [
+        evaluate_recall(model, TOK, task="icr", preset="tiny", n=k, seed=s) for s, k in [(3, 2), (40, 1)]
+    ]
+    pooled = evaluate_recall(model, TOK, task="icr", preset="tiny", n=[2, 1], seed=[3, 40])
+    assert pooled["examples"] == 3 and pooled["seed_sets"] == [
+        {"seed": 3, "examples": 2},
+        {"seed": 40, "examples": 1},
+    ]
+    assert pooled["answers"] == sum(p["answers"] for p in parts)
+    hits = sum(p["answers"] * p["exact_match"] for p in parts)
+    assert pooled["exact_match"] == pytest.approx(hits / pooled["answers"])
+    assert "seed_sets" not in parts[0]  # one set reads as before
+    assert seed_sets(5, [10, 20]) == [(10, 5), (20, 5)]
+    for n, seed, says in [([1, 2], [1], "one example count"), (0, 1, ">= 1"), (5, [10, 12], "overlap")]:
+        with pytest.raises(ValueError, match=says):
+            seed_sets(n, seed)
+
+
+def test_memory_dialogue_answers_are_split_by_class_of_value():
+    from agent.evaluate import value_class
+
+    assert value_class("favourite_sport") == "closed class" and value_class("locker_code") == "open"
+    ex = make_task("memory_dialogue", "default")(11)
+    classes = {r["kind"]: r["value_class"] for r in answer_records(ex)}
+    assert all(c == value_class(k) for k, c in classes.items())
+    recs = [
+        {"hit": h, "value_class": c, "distance_tokens": 3}
+        for c, h in [("open", True), ("closed class", False)]
+    ]
+    assert summarise(recs)["by_value_class"] == {
+        "closed class": {"answers": 1, "exact_match": 0.0},
+        "open": {"answers": 1, "exact_match": 1.0},
+    }
+    assert "by_value_class" not in summarise([{"hit": True, "distance_tokens": 5}])
