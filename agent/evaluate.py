@@ -8,7 +8,7 @@ state chunk by chunk, so evaluation memory is bounded by the chunk, not the inpu
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -177,18 +177,22 @@ def evaluate_recall(
     n: int | Sequence[int] = 20,
     seed: int | Sequence[int] = 10**6,
     chunk: int = 2048,
+    on_example: Callable[[], None] | None = None,
     **overrides,
 ) -> dict:
     """Exact-match recall over n fresh examples from seed on (memory dialogues use the test
     vocabulary split). Several sets pool into one result: seed=(1000, 5000), n=(60, 40) scores
-    examples 1000-1059 and 5000-5039 together."""
+    examples 1000-1059 and 5000-5039 together. `on_example` is called after each example."""
     sets = seed_sets(n, seed)
     if task == "memory_dialogue":
         overrides.setdefault("vocab_split", "test")
     bound = make_chat_task(task, preset, model.config.chat_format, **overrides)
-    records = [
-        r for s, k in sets for i in range(k) for r in score_example(model, tokenizer, bound(s + i), chunk)
-    ]
+    records = []
+    for s, k in sets:
+        for i in range(k):
+            records += score_example(model, tokenizer, bound(s + i), chunk)
+            if on_example is not None:
+                on_example()
     state_bytes = model.init_state(1).nbytes
     fold_every = model.config.ovq.chunk_size if "ovq" in model.config.kinds else None
     summary = summarise(records, fold_every)

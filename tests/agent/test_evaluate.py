@@ -139,7 +139,11 @@ def test_seed_sets_pool_into_one_result_equal_to_their_parts():
     parts = [
         evaluate_recall(model, TOK, task="icr", preset="tiny", n=k, seed=s) for s, k in [(3, 2), (40, 1)]
     ]
-    pooled = evaluate_recall(model, TOK, task="icr", preset="tiny", n=[2, 1], seed=[3, 40])
+    done = []
+    pooled = evaluate_recall(
+        model, TOK, task="icr", preset="tiny", n=[2, 1], seed=[3, 40], on_example=lambda: done.append(1)
+    )
+    assert len(done) == 3  # the progress hook: once per example
     assert pooled["examples"] == 3 and pooled["seed_sets"] == [
         {"seed": 3, "examples": 2},
         {"seed": 40, "examples": 1},
