@@ -28,7 +28,7 @@ from agent.text import clean, segments
 from agent.tokenizer import ASSISTANT, END, USER
 from memory import OVQState
 from memory.stats import memory_stats
-from snapshots import CorruptSnapshot, SnapshotError, decode, encode_parts
+from snapshots import CorruptSnapshot, FingerprintMismatch, SnapshotError, decode, encode_parts
 from snapshots.store import SnapshotInfo, SnapshotStore
 
 KEEP_LAST = 32  # snapshots kept per session, besides labelled ones
@@ -292,6 +292,11 @@ class Session:
             turns = [Turn(str(r), str(t)) for r, t in snap.meta.get("transcript", [])]
             generator = torch.Generator().manual_seed(0)
             generator.set_state(rng)
+        except FingerprintMismatch as e:  # e.g. a session saved before the shipped model was updated
+            raise FingerprintMismatch(
+                f"snapshot {snapshot_id} of session {self.name!r}: {e}. Resume it with the model that "
+                "saved it (--model DIR), or use another session name; its snapshots stay in the store"
+            ) from None
         except SnapshotError as e:
             raise type(e)(f"snapshot {snapshot_id} of session {self.name!r}: {e}") from None
         except (TypeError, ValueError, RuntimeError) as e:
