@@ -71,7 +71,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from agent.checkpoint import load_model
-    from agent.evaluate import evaluate_recall, seed_sets
+    from agent.evaluate import evaluate_recall
 
     try:
         n, seed = _int_list("--n", args.n), _int_list("--seed", args.seed)
@@ -83,14 +83,13 @@ def _eval(args: argparse.Namespace) -> int:
             args.n, args.seed = n[0], seed[0]
             return _eval_compare(args)
         loaded = load_model(args.model)
-        sets = seed_sets(n[0] if len(n) == 1 else n, seed)
         console = Console(stderr=True)  # stdout carries the JSON
         columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-            task = bar.add_task("eval", total=sum(k for _, k in sets))
+            task = bar.add_task("eval", total=None)
             result = evaluate_recall(
-                loaded.model, loaded.tokenizer, args.task, args.preset,
-                [k for _, k in sets], [s for s, _ in sets], on_example=lambda: bar.advance(task),
+                loaded.model, loaded.tokenizer, args.task, args.preset, n[0] if len(n) == 1 else n, seed,
+                on_example=lambda done, total: bar.update(task, completed=done, total=total),
             )  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq eval: {e}", file=sys.stderr)

@@ -177,31 +177,30 @@ def evaluate_recall(
     n: int | Sequence[int] = 20,
     seed: int | Sequence[int] = 10**6,
     chunk: int = 2048,
-    on_example: Callable[[], None] | None = None,
+    on_example: Callable[[int, int], None] | None = None,
     **overrides,
 ) -> dict:
     """Exact-match recall over n fresh examples from seed on (memory dialogues use the test
     vocabulary split). Several sets pool into one result: seed=(1000, 5000), n=(60, 40) scores
-    examples 1000-1059 and 5000-5039 together. `on_example` is called after each example."""
+    examples 1000-1059 and 5000-5039 together. `on_example(done, total)` follows progress."""
     sets = seed_sets(n, seed)
+    seeds = [s + i for s, k in sets for i in range(k)]
     if task == "memory_dialogue":
         overrides.setdefault("vocab_split", "test")
     bound = make_chat_task(task, preset, model.config.chat_format, **overrides)
     records = []
-    for s, k in sets:
-        for i in range(k):
-            records += score_example(model, tokenizer, bound(s + i), chunk)
-            if on_example is not None:
-                on_example()
+    for done, s in enumerate(seeds, 1):
+        records += score_example(model, tokenizer, bound(s), chunk)
+        if on_example is not None:
+            on_example(done, len(seeds))
     state_bytes = model.init_state(1).nbytes
     fold_every = model.config.ovq.chunk_size if "ovq" in model.config.kinds else None
     summary = summarise(records, fold_every)
-    examples = sum(k for _, k in sets)
     pooled = {"seed_sets": [{"seed": s, "examples": k} for s, k in sets]} if len(sets) > 1 else {}
     return {
         "task": task,
         "preset": preset,
-        "examples": examples,
+        "examples": len(seeds),
         **pooled,
         "state_bytes": state_bytes,
         **summary,

@@ -292,13 +292,14 @@ class Session:
             turns = [Turn(str(r), str(t)) for r, t in snap.meta.get("transcript", [])]
             generator = torch.Generator().manual_seed(0)
             generator.set_state(rng)
-        except FingerprintMismatch as e:  # e.g. a session saved before the shipped model was updated
-            raise FingerprintMismatch(
-                f"snapshot {snapshot_id} of session {self.name!r}: {e}. Resume it with the model that "
-                "saved it (--model DIR), or use another session name; its snapshots stay in the store"
-            ) from None
         except SnapshotError as e:
-            raise type(e)(f"snapshot {snapshot_id} of session {self.name!r}: {e}") from None
+            hint = (  # e.g. a session saved before the shipped model was updated
+                ". Resume it with the model that saved it (--model DIR, Runtime.load(model=DIR)), or use "
+                "another session name; its snapshots stay in the store"
+                if isinstance(e, FingerprintMismatch)
+                else ""
+            )
+            raise type(e)(f"snapshot {snapshot_id} of session {self.name!r}: {e}{hint}") from None
         except (TypeError, ValueError, RuntimeError) as e:
             raise CorruptSnapshot(f"snapshot {snapshot_id} of session {self.name!r}: {e}") from None
         self.state, self.generator, self.transcript = state, generator, Transcript(turns)

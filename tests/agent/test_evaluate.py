@@ -141,9 +141,9 @@ def test_seed_sets_pool_into_one_result_equal_to_their_parts():
     ]
     done = []
     pooled = evaluate_recall(
-        model, TOK, task="icr", preset="tiny", n=[2, 1], seed=[3, 40], on_example=lambda: done.append(1)
+        model, TOK, task="icr", preset="tiny", n=[2, 1], seed=[3, 40], on_example=lambda *p: done.append(p)
     )
-    assert len(done) == 3  # the progress hook: once per example
+    assert done == [(1, 3), (2, 3), (3, 3)]  # the progress hook: (done, total) after each example
     assert pooled["examples"] == 3 and pooled["seed_sets"] == [
         {"seed": 3, "examples": 2},
         {"seed": 40, "examples": 1},
