@@ -38,7 +38,11 @@ def _train(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"ovq train: {e}", file=sys.stderr)
         return 2
-    out = train(config)
+    try:
+        out = train(config)
+    except ValueError as e:  # a configuration the model or the run's saved state refuses
+        print(f"ovq train: {e}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns here
         print(f"model written to {out}")
     return 0

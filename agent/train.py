@@ -138,6 +138,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
             overrides = {
                 **({"layers": cfg.layers} if cfg.layers else {}),
                 **({"ovq": parse_ovq(cfg.ovq)} if cfg.ovq else {}),
+                **{k: getattr(cfg, k) for k in ("d_model", "n_heads", "window") if getattr(cfg, k) is not None},
                 "chat_format": chat,
                 **(model_overrides or {}),
             }

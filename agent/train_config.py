@@ -16,6 +16,9 @@ class TrainConfig:
     preset: str = "default"
     layers: str | None = None
     ovq: str | None = None
+    d_model: int | None = None
+    n_heads: int | None = None
+    window: int | None = None
     tasks: str = "memory_dialogue:1"
     steps: int = 1000
     batch_size: int = 8
@@ -46,8 +49,14 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
         if self.init is not None and self.tokenizer is not None:
             raise ValueError("--init brings its model's own tokenizer; drop --tokenizer")
-        if self.init is not None and (self.layers is not None or self.ovq is not None):
-            raise ValueError("--init brings its model's own layers; drop --layers and --ovq")
+        shape = {"layers": self.layers, "ovq": self.ovq, "d_model": self.d_model, "n_heads": self.n_heads,
+                 "window": self.window}  # fmt: skip
+        given = ["--" + k.replace("_", "-") for k, v in shape.items() if v is not None]
+        if self.init is not None and given:
+            raise ValueError(f"--init brings its model's own architecture; drop {', '.join(given)}")
+        for name in ("d_model", "n_heads", "window"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.ovq is not None:
             parse_ovq(self.ovq)
         if self.workers < 0:
@@ -66,6 +75,9 @@ HELP = {
     "preset": "ModelConfig preset: tiny, small, default, base, large",
     "layers": 'override the preset\'s layer pattern, e.g. "swa,full" for a baseline',
     "ovq": 'override the preset\'s OVQ memory: "L,N" or "L,N,schedule", e.g. "32,256,linear"',
+    "d_model": "override the preset's model width",
+    "n_heads": "override the preset's number of attention heads (must divide the width)",
+    "window": "override the preset's sliding-window size W (tokens)",
     "tasks": 'task mix "name[@preset]:weight,...", e.g. "recite:1,memory_dialogue@train_1k:3"',
     "steps": "optimizer steps (the learning-rate schedule spans them)",
     "batch_size": "global batch, in sequences (split over DDP ranks)",

@@ -73,6 +73,19 @@ def test_ovq_overrides_the_preset_memory(tmp_path, tokenizer_path):
     assert (ovq.chunk_size, ovq.capacity, ovq.schedule) == (8, 128, "linear")
 
 
+def test_width_heads_and_window_override_the_preset(tmp_path, tokenizer_path, capsys):
+    out = train(config(tmp_path / "wide", tokenizer_path, d_model=48, n_heads=3, window=4, steps=1))
+    c = ModelConfig.from_json((out / "config.json").read_text())
+    assert (c.d_model, c.n_heads, c.window) == (48, 3, 4)
+    assert weights(out)["embed.weight"].shape[1] == 48
+    # tiny's width 32 does not split into 3 heads: a clear error, not a traceback
+    args = ["train", "--out", str(tmp_path / "bad"), "--preset", "tiny", "--n-heads", "3", "--steps", "1",
+            "--tokenizer", tokenizer_path, "--tasks", TASKS, "--no-progress"]  # fmt: skip
+    assert ovq_main(args) == 2
+    assert "d_model=32 is not divisible by n_heads=3" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
 def test_chat_format_is_the_models_and_shapes_its_dialogues(tmp_path, tokenizer_path):
     def run(name, tok=tokenizer_path, **kw):
         kw = {"steps": 1, **kw}
@@ -160,8 +173,12 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(steps=3, stop_at=4)
     with pytest.raises(ValueError, match="own tokenizer"):
         TrainConfig(init="default", tokenizer="tok.json")
-    with pytest.raises(ValueError, match="own layers"):
+    with pytest.raises(ValueError, match="own architecture; drop --layers$"):
         TrainConfig(init="default", layers="swa,full")
+    with pytest.raises(ValueError, match="drop --d-model, --n-heads, --window$"):
+        TrainConfig(init="default", d_model=64, n_heads=2, window=16)
+    with pytest.raises(ValueError, match="n_heads must be >= 1"):
+        TrainConfig(n_heads=0)
     with pytest.raises(ValueError, match="workers"):
         TrainConfig(workers=-1)
     with pytest.raises(ValueError, match="'L,N' or 'L,N,schedule'"):
@@ -172,7 +189,7 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(ovq="32,256,cosine")
     with pytest.raises(ValueError, match=r"--ovq '1,1': .* creates no slot"):
         TrainConfig(ovq="1,1")
-    with pytest.raises(ValueError, match="own layers"):
+    with pytest.raises(ValueError, match="own architecture; drop --ovq$"):
         TrainConfig(init="default", ovq="32,256")
     assert ovq_main(["train", "--out", str(tmp_path), "--steps", "0"]) == 2
     assert "steps must be >= 1" in capsys.readouterr().err
