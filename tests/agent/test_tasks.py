@@ -299,6 +299,20 @@ def test_novel_values_replace_closed_class_values_with_invented_words():
         assert cfg == replace(make_task("memory_dialogue", base).config, novel_value_prob=0.25)
 
 
+def test_dense_4k_preset_fills_a_4k_sequence_with_train_1k_question_density():
+    from agent.checkpoint import load_model
+
+    tok = load_model(None).tokenizer  # the shipped model, which the preset fine-tunes
+    task = make_task("memory_dialogue", "train_4k_dense_novel")
+    examples = [task(s) for s in range(12)]
+    lengths = sorted(len(tok.encode(ex.text)) for ex in examples)
+    assert 3_500 <= lengths[len(lengths) // 2] <= 4_096  # most fit --seq-len 4096 whole
+    per_1k = sum(len(ex.answer_spans) for ex in examples) / sum(lengths) * 1000
+    assert per_1k >= 7  # about train_1k's density, not train_4k's ~1 question per 1k tokens
+    far = [q for ex in examples for q in ex.meta["questions"] if q["distance_chars"] > 4 * 1_000]
+    assert len(far) >= 0.3 * 32 * len(examples)  # a third of the questions reach past 1k tokens
+
+
 # --- memory dialogue: layout ---------------------------------------------------------------------------
 TURN = re.compile(r"<\|(user|assistant|observation)\|>((?:(?!<\|).)*)<\|end\|>\n", re.S)
 
