@@ -128,6 +128,10 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
                     f"{out} holds a run in chat format {config.chat_format!r}; "
                     f"it cannot resume as {cfg.chat_format!r}"
                 )
+            saved = {**asdict(config), "layers": ",".join(config.kinds), "ovq": config.ovq}
+            for k, v in _shape(cfg).items():
+                if saved[k] != v:
+                    raise ValueError(f"{out} holds a run with {k}={saved[k]!r}; it cannot resume with {v!r}")
         chat = config.chat_format if resume else cfg.chat_format or "plain"
         mix = parse_mix(cfg.tasks, chat)
         if resume or cfg.tokenizer:
@@ -135,13 +139,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         else:
             tokenizer = train_tokenizer(mix, cfg)
         if not resume:
-            overrides = {
-                **({"layers": cfg.layers} if cfg.layers else {}),
-                **({"ovq": parse_ovq(cfg.ovq)} if cfg.ovq else {}),
-                **{k: getattr(cfg, k) for k in ("d_model", "n_heads", "window") if getattr(cfg, k) is not None},
-                "chat_format": chat,
-                **(model_overrides or {}),
-            }
+            overrides = {**_shape(cfg), "chat_format": chat, **(model_overrides or {})}
             config = ModelConfig.preset(cfg.preset, tokenizer.vocab_size, **overrides)
         model = HybridLM(config).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -193,6 +191,16 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     if world > 1:
         dist.barrier()
     return out
+
+
+def _shape(cfg: TrainConfig) -> dict:
+    """The ModelConfig fields that cfg's --layers, --ovq, --d-model, --n-heads, --window set."""
+    shape = {k: getattr(cfg, k) for k in ("d_model", "n_heads", "window") if getattr(cfg, k) is not None}
+    if cfg.layers:
+        shape["layers"] = ",".join(k.strip() for k in cfg.layers.split(",") if k.strip())
+    if cfg.ovq:
+        shape["ovq"] = parse_ovq(cfg.ovq)
+    return shape
 
 
 def _save_train_state(out: Path, model, tokenizer, opt, cfg: TrainConfig, step: int) -> None:

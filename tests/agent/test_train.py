@@ -86,6 +86,23 @@ def test_width_heads_and_window_override_the_preset(tmp_path, tokenizer_path, ca
     assert not (tmp_path / "bad" / "model.safetensors").exists()
 
 
+def test_a_run_resumes_only_with_its_own_shape(tmp_path, tokenizer_path):
+    run = tmp_path / "run"
+    train(config(run, tokenizer_path, layers="swa, linear", d_model=48, n_heads=3, stop_at=2))
+    saved = (run / "model.safetensors").read_bytes()
+    for changed, message in (
+        ({"layers": "swa,ovq"}, "layers='swa,linear'; it cannot resume with 'swa,ovq'"),
+        ({"d_model": 64}, "d_model=48; it cannot resume with 64"),
+        ({"ovq": "8,48"}, "ovq=OVQConfig"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            train(config(run, tokenizer_path, **changed))
+    assert (run / "model.safetensors").read_bytes() == saved  # a refused resume leaves the run as it was
+    # the same shape, spelled as it was, resumes to the end
+    done = train(config(run, tokenizer_path, layers="swa,linear", d_model=48, n_heads=3))
+    assert ModelConfig.from_json((done / "config.json").read_text()).layers == "swa,linear"
+
+
 def test_chat_format_is_the_models_and_shapes_its_dialogues(tmp_path, tokenizer_path):
     def run(name, tok=tokenizer_path, **kw):
         kw = {"steps": 1, **kw}
