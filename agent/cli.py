@@ -33,14 +33,9 @@ def _train(args: argparse.Namespace) -> int:
     from agent.train_config import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    try:
-        config = TrainConfig(**values)
+    try:  # options, a shape the model refuses, or a run whose saved state disagrees: one line, exit 2
+        out = train(TrainConfig(**values))
     except ValueError as e:
-        print(f"ovq train: {e}", file=sys.stderr)
-        return 2
-    try:
-        out = train(config)
-    except ValueError as e:  # a configuration the model or the run's saved state refuses
         print(f"ovq train: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns here

@@ -27,6 +27,11 @@ from memory.layer import OVQAttention
 LAYER_KINDS = ("swa", "ovq", "full", "nope", "linear")
 
 
+def layer_kinds(layers: str) -> list[str]:
+    """'swa, ovq,' -> ['swa', 'ovq']: the kinds of a layer pattern, in order."""
+    return [k.strip() for k in layers.split(",") if k.strip()]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     vocab_size: int
@@ -58,7 +63,7 @@ class ModelConfig:
 
     @property
     def kinds(self) -> list[str]:
-        return [k.strip() for k in self.layers.split(",") if k.strip()]
+        return layer_kinds(self.layers)
 
     @property
     def d_ff(self) -> int:

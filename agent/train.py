@@ -24,10 +24,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from agent.checkpoint import load_model, save_model
-from agent.model import HybridLM, ModelConfig
+from agent.model import HybridLM, ModelConfig, layer_kinds
 from agent.tasks import answer_token_mask, derive_seed
 from agent.tokenizer import BOS, PAD, Tokenizer
-from agent.train_config import TrainConfig, parse_mix, parse_ovq
+from agent.train_config import SHAPE, TrainConfig, parse_mix, parse_ovq
 
 TRAIN_STATE, OPTIM = "train_state.json", "optimizer.safetensors"
 
@@ -128,10 +128,10 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
                     f"{out} holds a run in chat format {config.chat_format!r}; "
                     f"it cannot resume as {cfg.chat_format!r}"
                 )
-            saved = {**asdict(config), "layers": ",".join(config.kinds), "ovq": config.ovq}
             for k, v in _shape(cfg).items():
-                if saved[k] != v:
-                    raise ValueError(f"{out} holds a run with {k}={saved[k]!r}; it cannot resume with {v!r}")
+                saved = ",".join(config.kinds) if k == "layers" else getattr(config, k)
+                if saved != v:
+                    raise ValueError(f"{out} holds a run with {k}={saved!r}; it cannot resume with {v!r}")
         chat = config.chat_format if resume else cfg.chat_format or "plain"
         mix = parse_mix(cfg.tasks, chat)
         if resume or cfg.tokenizer:
@@ -195,10 +195,10 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
 
 def _shape(cfg: TrainConfig) -> dict:
     """The ModelConfig fields that cfg's --layers, --ovq, --d-model, --n-heads, --window set."""
-    shape = {k: getattr(cfg, k) for k in ("d_model", "n_heads", "window") if getattr(cfg, k) is not None}
-    if cfg.layers:
-        shape["layers"] = ",".join(k.strip() for k in cfg.layers.split(",") if k.strip())
-    if cfg.ovq:
+    shape = {k: getattr(cfg, k) for k in SHAPE if getattr(cfg, k) is not None}
+    if "layers" in shape:
+        shape["layers"] = ",".join(layer_kinds(cfg.layers))
+    if "ovq" in shape:
         shape["ovq"] = parse_ovq(cfg.ovq)
     return shape
 

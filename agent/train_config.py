@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from agent.tasks import BoundTask, make_chat_task
 from agent.tokenizer import chat_format
 
+SHAPE = ("layers", "ovq", "d_model", "n_heads", "window")  # options that override the preset's shape
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -49,12 +51,10 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1, warmup >= 0, grad_clip > 0")
         if self.init is not None and self.tokenizer is not None:
             raise ValueError("--init brings its model's own tokenizer; drop --tokenizer")
-        shape = {"layers": self.layers, "ovq": self.ovq, "d_model": self.d_model, "n_heads": self.n_heads,
-                 "window": self.window}  # fmt: skip
-        given = ["--" + k.replace("_", "-") for k, v in shape.items() if v is not None]
+        given = ["--" + k.replace("_", "-") for k in SHAPE if getattr(self, k) is not None]
         if self.init is not None and given:
             raise ValueError(f"--init brings its model's own architecture; drop {', '.join(given)}")
-        for name in ("d_model", "n_heads", "window"):
+        for name in SHAPE[2:]:  # the integer ones
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.ovq is not None:

@@ -117,7 +117,12 @@ PRESETS = {
     "train_4k_novel": replace(TRAIN_4K, novel_value_prob=0.25),
     # train_1k's question density (~8 per 1k tokens) at ~4k tokens: distances out to ~3k tokens
     "train_4k_dense_novel": replace(
-        TRAIN_1K, num_facts=40, num_questions=32, max_distance=13_000, target_chars=15_000, novel_value_prob=0.25
+        TRAIN_1K,
+        num_facts=40,
+        num_questions=32,
+        max_distance=13_000,
+        target_chars=15_000,
+        novel_value_prob=0.25,
     ),
     # the default model's acceptance test: facts stated 2k-16k tokens (3.7-4 characters each with the
     # default tokenizer) before their question, names and values from the test split

@@ -25,6 +25,7 @@ from agent.tasks import (
 from agent.tasks import pools as P
 from agent.tasks.facts import KINDS, Pooled
 from agent.tasks.memory_dialogue import Fact, fill, fmt
+from agent.tokenizer import Tokenizer
 
 seeds = st.integers(min_value=0, max_value=2**63 - 1)
 SMALL = {  # fast configs per task
@@ -300,9 +301,9 @@ def test_novel_values_replace_closed_class_values_with_invented_words():
 
 
 def test_dense_4k_preset_fills_a_4k_sequence_with_train_1k_question_density():
-    from agent.checkpoint import load_model
+    from agent.checkpoint import DEFAULT_MODEL_DIR
 
-    tok = load_model(None).tokenizer  # the shipped model, which the preset fine-tunes
+    tok = Tokenizer.load(DEFAULT_MODEL_DIR)  # the shipped model's, which the preset fine-tunes
     task = make_task("memory_dialogue", "train_4k_dense_novel")
     examples = [task(s) for s in range(12)]
     lengths = sorted(len(tok.encode(ex.text)) for ex in examples)
