@@ -18,7 +18,29 @@ def coverage_assign_torch(
 
 def _rowmax_torch(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(x @ y^T).max(dim=-1): values and first argmax (ties: lowest index), [B, H, L] each."""
-    return (x @ y.transpose(-1, -2)).max(dim=-1)
+    return first_max(x @ y.transpose(-1, -2))
+
+
+def first_max(s: torch.Tensor, G: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """s.max(dim=-1) (values, and the first index of the max) in two cheap passes.
+
+    On CPU a max that tracks indices runs about 8x slower than `amax`. So: `amax` over blocks of G
+    columns, the index of the first block that holds the row's max, then an index search inside
+    that block only. The result is the same, ties included (the lowest index wins).
+    """
+    *lead, R = s.shape
+    R0 = R - R % G  # whole blocks; the tail (R % G columns) is compared separately, no padding copy
+    if R0 == 0:
+        return s.max(dim=-1)
+    blocks = s[..., :R0].view(*lead, R0 // G, G)  # [..., R0/G, G]
+    best, b = blocks.amax(dim=-1).max(dim=-1)  # first block holding the max
+    inner = torch.gather(blocks, -2, b[..., None, None].expand(*lead, 1, G)).squeeze(-2)  # [..., G]
+    arg = b * G + inner.argmax(dim=-1)
+    if R0 < R:
+        tail_best, tail_arg = s[..., R0:].max(dim=-1)
+        later = tail_best > best  # strictly: on a tie the earlier block keeps the lower index
+        best, arg = torch.where(later, tail_best, best), torch.where(later, tail_arg + R0, arg)
+    return best, arg
 
 
 def select_and_assign(chunk_k, dict_k, m: int, rowmax) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,21 +26,20 @@ def chunk_read_torch(
     B, H, p, D = q.shape
     n, c = dict_k.shape[2], chunk_k.shape[2]
     qs = q * scale.view(1, H, 1, 1)  # per-head scale folded into q; attention then uses scale 1
+    if _can_split(q, dict_k, dict_v, chunk_k, chunk_v, scale) and n > 0:
+        square = q_offset == 0 and p == c  # then the causal mask is the kernel's own
+        causal = None if square else _causal_bias(p, c, q_offset, q.dtype, q.device)
+        # the count bias broadcasts over queries: a [B, H, 1, n] mask, not one expanded to [B, H, p, n],
+        # spares the kernel a p-fold larger mask read (about 10% of this call at n=1024)
+        out_d, lse_d = _FLASH_CPU(qs, dict_k, dict_v, attn_mask=dict_logc.unsqueeze(-2), scale=1.0)
+        out_c, lse_c = _FLASH_CPU(qs, chunk_k, chunk_v, is_causal=square, attn_mask=causal, scale=1.0)
+        # one softmax over the union: the chunk's share of the total mass is sigmoid(lse_c - lse_d)
+        w_c = torch.sigmoid(lse_c - lse_d).unsqueeze(-1)  # [B, H, p, 1]
+        return torch.lerp(out_d, out_c, w_c)
     # query i sits at chunk position q_offset+i and sees chunk keys j <= q_offset+i
     causal = _causal_bias(p, c, q_offset, q.dtype, q.device)
     if n == 0:
         return F.scaled_dot_product_attention(qs, chunk_k, chunk_v, attn_mask=causal, scale=1.0)
-    if _can_split(q, dict_k, dict_v, chunk_k, chunk_v, scale):
-        square = q_offset == 0 and p == c  # then the causal mask is the kernel's own
-        out_d, lse_d = _FLASH_CPU(
-            qs, dict_k, dict_v, attn_mask=dict_logc.unsqueeze(-2).expand(B, H, p, n), scale=1.0
-        )
-        out_c, lse_c = _FLASH_CPU(
-            qs, chunk_k, chunk_v, is_causal=square, attn_mask=None if square else causal, scale=1.0
-        )
-        lse = torch.maximum(lse_d, lse_c)
-        w_d, w_c = (lse_d - lse).exp().unsqueeze(-1), (lse_c - lse).exp().unsqueeze(-1)
-        return (w_d * out_d + w_c * out_c) / (w_d + w_c)
     bias = torch.cat([dict_logc.unsqueeze(-2).expand(B, H, p, n), causal.expand(B, H, p, c)], dim=-1)
     keys, values = torch.cat([dict_k, chunk_k], dim=2), torch.cat([dict_v, chunk_v], dim=2)
     return F.scaled_dot_product_attention(qs, keys, values, attn_mask=bias, scale=1.0)

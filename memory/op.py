@@ -82,9 +82,12 @@ def _stream_inplace(qn, kn, v, s, state: OVQState, ops) -> tuple[torch.Tensor, O
     while pos < T:
         P = seen % L
         p = min(L - P, T - pos)
-        state.chunk_k[:, :, P : P + p] = kn[:, :, pos : pos + p]
-        state.chunk_v[:, :, P : P + p] = v[:, :, pos : pos + p]
-        ck, cv = state.chunk_k[:, :, : P + p], state.chunk_v[:, :, : P + p]
+        if p == L:  # a whole chunk inside the input: read and fold it where it lies, no copy
+            ck, cv = kn[:, :, pos : pos + p], v[:, :, pos : pos + p]
+        else:  # a chunk that spans calls: gather it in the pending buffer
+            state.chunk_k[:, :, P : P + p] = kn[:, :, pos : pos + p]
+            state.chunk_v[:, :, P : P + p] = v[:, :, pos : pos + p]
+            ck, cv = state.chunk_k[:, :, : P + p], state.chunk_v[:, :, : P + p]
         dk, dv = state.keys[:, :, :n], state.values[:, :, :n]
         out[:, :, pos : pos + p] = ops.chunk_read(qn[:, :, pos : pos + p], dk, dv, logc, ck, cv, s, P)
         pos, seen = pos + p, seen + p
