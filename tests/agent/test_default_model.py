@@ -50,3 +50,16 @@ def test_the_default_model_recalls_facts_beyond_its_window():
     result = evaluate_recall(loaded.model, loaded.tokenizer, "memory_dialogue", "default", n=6)
     beyond = result["by_distance_tokens"]["256-1024"]  # past the 128-token window: through OVQ
     assert result["exact_match"] >= 0.7 and beyond["answers"] >= 5 and beyond["exact_match"] >= 0.6
+
+
+def test_the_default_model_recalls_facts_stated_late_in_a_long_session():
+    """One fixed 62k-token test_64k dialogue (questions up to 51k tokens in). With the
+    shipped OVQ capacity (4,096 slots) it recalls 8 of 8; with 1,024 it recalled 2 of 8, because
+    the plateau schedule then opens almost no slots for facts that arrive late (card: Evaluation)."""
+    from agent.evaluate import evaluate_recall
+
+    loaded = load_model()
+    args = (loaded.model, loaded.tokenizer, "memory_dialogue", "test_64k")
+    result = evaluate_recall(*args, n=1, seed=10**6 + 12)
+    assert result["answers"] == 8 and result["max_tokens"] > 60_000
+    assert result["exact_match"] >= 0.75
