@@ -167,6 +167,7 @@ def speed_bench(runtime: Runtime, prefill: int = 16_384, generate: int = 256, re
 def main(suite: str, argv=None) -> None:
     p = argparse.ArgumentParser(prog=f"ovq bench {suite}", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model directory (default: the shipped model)")
+    p.add_argument("--capacity", type=int, help="OVQ dictionary slots per head, replacing the model's own")
     p.add_argument("--store", help="snapshot store (default: a temporary one)")
     if suite == "session":
         p.add_argument("--tokens", type=int, default=1_000_000)
@@ -180,7 +181,7 @@ def main(suite: str, argv=None) -> None:
         p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = Runtime.load(args.model, args.store or tmp)
+        runtime = Runtime.load(args.model, args.store or tmp, capacity=args.capacity)
         if suite == "session":
             result = session_soak(runtime, args.tokens, min(args.segment, args.tokens))
         elif suite == "speed":

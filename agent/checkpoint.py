@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -52,9 +52,16 @@ def save_model(model: HybridLM, tokenizer: Tokenizer, path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(
+    path: str | Path | None = None, device: str | torch.device = "cpu", capacity: int | None = None
+) -> LoadedModel:
     """Load a model directory (None: the shipped default model); raises FileNotFoundError /
-    ValueError naming what is wrong."""
+    ValueError naming what is wrong.
+
+    `capacity` replaces the OVQ dictionary size N of the saved config. The weights do not depend on
+    N, so any N loads; a larger one keeps more slots for facts that arrive late in a long stream,
+    at a larger state and slower prefill (the default model's card measures both). It is part of
+    the config, so of the fingerprint: sessions saved at one N resume only at that N."""
     if path is None and not (DEFAULT_MODEL_DIR / WEIGHTS).is_file():
         raise FileNotFoundError(
             f"no default model in this installation ({DEFAULT_MODEL_DIR} lacks {WEIGHTS}); "
@@ -68,6 +75,8 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
         config = ModelConfig.from_json((path / CONFIG).read_text())
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise ValueError(f"{path / CONFIG} is not a valid model config: {e}") from e
+    if capacity is not None:
+        config = _with_capacity(config, capacity)
     tokenizer = Tokenizer.load(path / TOKENIZER)
     model = HybridLM(config)
     state = load_file(str(path / WEIGHTS))
@@ -85,6 +94,16 @@ def load_model(path: str | Path | None = None, device: str | torch.device = "cpu
     model.load_state_dict(state, strict=True)
     model.eval().to(device)
     return LoadedModel(model, tokenizer, path, fingerprint(model, tokenizer))
+
+
+def _with_capacity(config: ModelConfig, capacity: int) -> ModelConfig:
+    if "ovq" not in config.kinds:
+        raise ValueError(
+            f"capacity={capacity}: this model has no OVQ layer (layers {','.join(config.kinds)})"
+        )
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 2:
+        raise ValueError(f"capacity must be an int >= 2 (OVQ dictionary slots per head), got {capacity!r}")
+    return replace(config, ovq=replace(config.ovq, capacity=capacity))
 
 
 def _weights(model: HybridLM) -> dict[str, torch.Tensor]:

@@ -9,6 +9,15 @@ import sys
 from agent import __version__
 
 
+def _add_capacity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        help="OVQ dictionary slots per head, replacing the model's own (more: longer recall, bigger state; "
+        "sessions resume only at the N that saved them)",
+    )
+
+
 def _chat(args: argparse.Namespace) -> int:
     from tui.app import run
 
@@ -17,6 +26,7 @@ def _chat(args: argparse.Namespace) -> int:
             args.model,
             args.store,
             args.session,
+            capacity=args.capacity,
             autosave_tokens=args.autosave_tokens,
             temperature=args.temperature,
             max_tokens=args.max_tokens,
@@ -79,9 +89,11 @@ def _eval(args: argparse.Namespace) -> int:
         if args.what == "compare":
             if len(n) > 1 or len(seed) > 1:
                 raise ValueError("compare takes one --n and one --seed")
+            if args.capacity is not None:
+                raise ValueError("--capacity applies to recall's --model, not to compare's --models")
             args.n, args.seed = n[0], seed[0]
             return _eval_compare(args)
-        loaded = load_model(args.model)
+        loaded = load_model(args.model, capacity=args.capacity)
         console = Console(stderr=True)  # stdout carries the JSON
         columns = (TextColumn("eval"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
@@ -177,7 +189,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     try:
         suite = load_suite(args.suite)
-        runtime = Runtime.load(args.model, args.store)
+        runtime = Runtime.load(args.model, args.store, capacity=args.capacity)
         session = runtime.session(args.session)
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq probe: {e}", file=sys.stderr)
@@ -208,7 +220,7 @@ def _feed(args: argparse.Namespace) -> int:
     from agent.session import Runtime
 
     try:
-        runtime = Runtime.load(args.model, args.store)
+        runtime = Runtime.load(args.model, args.store, capacity=args.capacity)
         session = runtime.session(args.session)
         raw = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     except (FileNotFoundError, ValueError, OSError) as e:
@@ -289,7 +301,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         try:
             runtime_bench.main(args.suite, args.rest)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             print(f"ovq bench {args.suite}: {e}", file=sys.stderr)
             return 2
         return 0
@@ -312,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal (Textual UI) on the default model")
     chat.add_argument("--session", default="default", help="session name (resumed if it exists)")
     chat.add_argument("--model", help="model directory (default: the shipped model)")
+    _add_capacity(chat)
     chat.add_argument("--store", help="snapshot store path (default: $OVQ_STORE or the user data directory)")
     chat.add_argument(
         "--autosave-tokens", type=int, default=4096, help="also save every this many tokens (0: only on quit)"
@@ -335,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="recall: one model on fresh task examples; compare: --models at each of --lengths",
     )
     ev.add_argument("--model", help="model directory (default: the shipped model)")
+    _add_capacity(ev)
     ev.add_argument(
         "--models",
         help="compare: comma-separated model directories; LABEL=DIR labels one, and models sharing a label "
@@ -374,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("suite", help="a suite TOML file, or a shipped suite name (e.g. basic)")
     probe.add_argument("--model", help="model directory (default: the shipped model)")
+    _add_capacity(probe)
     probe.add_argument("--session", default="default", help="session to fork (a fresh one if new)")
     probe.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     probe.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
@@ -383,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("file", help="text file, or - for standard input")
     feed.add_argument("--session", default="default")
     feed.add_argument("--model", help="model directory (default: the shipped model)")
+    _add_capacity(feed)
     feed.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     feed.add_argument(
         "--role", choices=["user", "observation"], help="wrap each block as a turn of this role"

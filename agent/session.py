@@ -68,12 +68,18 @@ class Runtime:
         model: str | Path | LoadedModel | None = None,
         store: str | Path | SnapshotStore | None = None,
         keep_last: int = KEEP_LAST,
+        capacity: int | None = None,
     ) -> Runtime:
         """The model at `model` (a directory from `ovq train`) or the shipped default model, and the
         snapshot store at `store` (default: $OVQ_STORE or the user data directory). Each session
-        keeps at least its last `keep_last` snapshots (pruned in batches) plus every labelled one."""
+        keeps at least its last `keep_last` snapshots (pruned in batches) plus every labelled one.
+        `capacity` sets the model's OVQ dictionary size N (see `load_model`)."""
+        if isinstance(model, LoadedModel) and capacity is not None:
+            raise ValueError(
+                "capacity applies when the runtime loads the model; pass it to load_model instead"
+            )
         if not isinstance(model, LoadedModel):
-            model = load_model(model)
+            model = load_model(model, capacity=capacity)
         if not isinstance(store, SnapshotStore):
             store = SnapshotStore(store if store is not None else default_store_path())
         return cls(model, store, keep_last)
@@ -294,8 +300,9 @@ class Session:
             generator.set_state(rng)
         except SnapshotError as e:
             hint = (  # e.g. a session saved before the shipped model was updated
-                ". Resume it with the model that saved it (--model DIR, Runtime.load(model=DIR)), or use "
-                "another session name; its snapshots stay in the store"
+                ". Resume it with the model that saved it (--model DIR, Runtime.load(model=DIR)) at the "
+                "capacity it was saved with (--capacity N), or use another session name; its snapshots "
+                "stay in the store"
                 if isinstance(e, FingerprintMismatch)
                 else ""
             )

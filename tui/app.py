@@ -644,6 +644,7 @@ def run(
     store: str | Path | None = None,
     session: str = "default",
     *,
+    capacity: int | None = None,
     autosave_tokens: int = 4096,
     temperature: float = 0.0,
     max_tokens: int = 256,
@@ -654,11 +655,11 @@ def run(
     if temperature < 0 or max_tokens < 1 or autosave_tokens < 0:
         raise ValueError("--temperature and --autosave-tokens must be >= 0, --max-tokens >= 1")
     if model is None:
-        source: Runtime | Callable[[], Runtime] = _load(None, store)  # may be missing: say so now
+        source: Runtime | Callable[[], Runtime] = _load(None, store, capacity)  # may be missing: say so now
     elif not Path(model).is_dir():
         raise FileNotFoundError(f"no model directory at {model} (pass a directory from `ovq train`)")
     else:
-        source = partial(_load, model, store)
+        source = partial(_load, model, store, capacity)
     app = OvqApp(
         source,
         session,
@@ -675,7 +676,7 @@ def run(
     return app.return_code or 0
 
 
-def _load(model: str | Path | None, store: str | Path | None) -> Runtime:
+def _load(model: str | Path | None, store: str | Path | None, capacity: int | None = None) -> Runtime:
     from agent.session import Runtime  # torch comes with it: imported off the UI's critical path
 
-    return Runtime.load(model, store)
+    return Runtime.load(model, store, capacity=capacity)

@@ -47,3 +47,33 @@ def test_broken_model_directories_are_named(tmp_path):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="vocab"):
         save_model(HybridLM(ModelConfig.preset("tiny", 999)), TOKENIZER, tmp_path)
+
+
+def test_capacity_replaces_the_dictionary_size_and_nothing_else(tmp_path):
+    save_model(make_model(), TOKENIZER, tmp_path)
+    base, big = load_model(tmp_path), load_model(tmp_path, capacity=96)
+    assert (base.model.config.ovq.capacity, big.model.config.ovq.capacity) == (24, 96)
+    assert big.model.config.ovq.chunk_size == base.model.config.ovq.chunk_size
+    assert big.fingerprint != base.fingerprint  # the config is part of it: sessions stay tied to one N
+    for (name, a), (_, b) in zip(base.model.state_dict().items(), big.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert big.model.init_state(1).nbytes > base.model.init_state(1).nbytes
+    # within the first chunk the dictionary is empty: both read exactly the same tokens
+    tokens = torch.tensor([TOKENIZER.encode("fact 3")[:8]])
+    with torch.no_grad():
+        assert torch.equal(base.model(tokens)[0], big.model(tokens)[0])
+
+
+@pytest.mark.parametrize("capacity", [0, 1, -4, True, 2.5])
+def test_a_capacity_the_dictionary_cannot_have_is_refused(tmp_path, capacity):
+    save_model(make_model(), TOKENIZER, tmp_path)
+    with pytest.raises(ValueError, match="capacity must be an int >= 2"):
+        load_model(tmp_path, capacity=capacity)
+
+
+def test_capacity_for_a_model_without_ovq_layers_is_refused(tmp_path):
+    torch.manual_seed(0)
+    no_ovq = HybridLM(ModelConfig.preset("tiny", TOKENIZER.vocab_size, layers="swa,full"))
+    save_model(no_ovq, TOKENIZER, tmp_path)
+    with pytest.raises(ValueError, match="no OVQ layer"):
+        load_model(tmp_path, capacity=64)

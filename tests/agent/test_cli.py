@@ -91,6 +91,22 @@ def test_bench_speed_reports_prefill_and_generation_rates(model_dir, capsys):
     assert out["prefill_tokens_per_s"] > 0 and out["generate_tokens_per_s"] > 0 and out["state_bytes"] > 0
 
 
+def test_capacity_sets_the_dictionary_size_and_bad_values_exit_2(model_dir, tmp_path, capsys):
+    argv = ["eval", "recall", "--model", model_dir, "--task", "icr", "--preset", "tiny", "--n", "1"]
+    out = tmp_path / "r.json"
+    assert main([*argv, "--json", str(out)]) == 0
+    small = json.loads(out.read_text())["state_bytes"]
+    assert main([*argv, "--capacity", "96", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["state_bytes"] > small
+    speed = ["bench", "speed", "--model", model_dir, "--tokens", "50", "--generate", "2", "--repeats", "1"]
+    capsys.readouterr()
+    for bad in ([*argv, "--capacity", "1"], [*speed, "--capacity", "0"]):
+        assert main(bad) == 2
+        assert "capacity must be an int >= 2" in capsys.readouterr().err
+    assert main(["eval", "compare", "--models", model_dir, "--lengths", "64", "--capacity", "64"]) == 2
+    assert "--capacity applies to recall's --model" in capsys.readouterr().err
+
+
 def test_feed_then_snapshots_list_show_export_import_rm(model_dir, tmp_path, capsys):
     store = ["--store", str(tmp_path / "store")]
     text = tmp_path / "notes.txt"

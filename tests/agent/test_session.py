@@ -223,3 +223,19 @@ def test_a_spaced_model_gets_spaced_turns_and_replies_without_the_space(tmp_path
     rt.model.forward = forward
     assert s.reply("code?", SamplingConfig(max_tokens=8)) == "4471"
     assert s.transcript.turns[-1].text == "4471"
+
+
+def test_a_session_resumes_only_at_the_capacity_that_saved_it(runtime, tmp_path):
+    from agent.checkpoint import load_model
+
+    s = runtime.session("capacity")
+    s.feed(make_task("memory_dialogue")(5).text)
+    s.save()
+    path, store = runtime.loaded.path, runtime.store
+    bigger = Runtime.load(path, store, capacity=2 * runtime.model.config.ovq.capacity)
+    with pytest.raises(ValueError, match="made by model .* capacity it was saved with"):
+        bigger.session("capacity")
+    same = Runtime.load(path, store, capacity=runtime.model.config.ovq.capacity)
+    assert same.session("capacity").tokens_seen == s.tokens_seen
+    with pytest.raises(ValueError, match="pass it to load_model"):
+        Runtime.load(load_model(path), store, capacity=64)
