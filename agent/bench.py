@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from agent.cli import add_capacity_option
 from agent.session import Runtime
 from agent.tasks import make_task
 
@@ -167,7 +168,7 @@ def speed_bench(runtime: Runtime, prefill: int = 16_384, generate: int = 256, re
 def main(suite: str, argv=None) -> None:
     p = argparse.ArgumentParser(prog=f"ovq bench {suite}", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model directory (default: the shipped model)")
-    p.add_argument("--capacity", type=int, help="OVQ dictionary slots per head, replacing the model's own")
+    add_capacity_option(p)
     p.add_argument("--store", help="snapshot store (default: a temporary one)")
     if suite == "session":
         p.add_argument("--tokens", type=int, default=1_000_000)

@@ -9,7 +9,8 @@ import sys
 from agent import __version__
 
 
-def _add_capacity(parser: argparse.ArgumentParser) -> None:
+def add_capacity_option(parser: argparse.ArgumentParser) -> None:
+    """--capacity, for every command that loads a model (here and in `ovq bench`)."""
     parser.add_argument(
         "--capacity",
         type=int,
@@ -324,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = sub.add_parser("chat", help="chat in the terminal (Textual UI) on the default model")
     chat.add_argument("--session", default="default", help="session name (resumed if it exists)")
     chat.add_argument("--model", help="model directory (default: the shipped model)")
-    _add_capacity(chat)
+    add_capacity_option(chat)
     chat.add_argument("--store", help="snapshot store path (default: $OVQ_STORE or the user data directory)")
     chat.add_argument(
         "--autosave-tokens", type=int, default=4096, help="also save every this many tokens (0: only on quit)"
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="recall: one model on fresh task examples; compare: --models at each of --lengths",
     )
     ev.add_argument("--model", help="model directory (default: the shipped model)")
-    _add_capacity(ev)
+    add_capacity_option(ev)
     ev.add_argument(
         "--models",
         help="compare: comma-separated model directories; LABEL=DIR labels one, and models sharing a label "
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("suite", help="a suite TOML file, or a shipped suite name (e.g. basic)")
     probe.add_argument("--model", help="model directory (default: the shipped model)")
-    _add_capacity(probe)
+    add_capacity_option(probe)
     probe.add_argument("--session", default="default", help="session to fork (a fresh one if new)")
     probe.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     probe.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("file", help="text file, or - for standard input")
     feed.add_argument("--session", default="default")
     feed.add_argument("--model", help="model directory (default: the shipped model)")
-    _add_capacity(feed)
+    add_capacity_option(feed)
     feed.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     feed.add_argument(
         "--role", choices=["user", "observation"], help="wrap each block as a turn of this role"

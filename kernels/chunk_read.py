@@ -26,7 +26,7 @@ def chunk_read_torch(
     B, H, p, D = q.shape
     n, c = dict_k.shape[2], chunk_k.shape[2]
     qs = q * scale.view(1, H, 1, 1)  # per-head scale folded into q; attention then uses scale 1
-    if _can_split(q, dict_k, dict_v, chunk_k, chunk_v, scale) and n > 0:
+    if n > 0 and _can_split(q, dict_k, dict_v, chunk_k, chunk_v, scale):
         square = q_offset == 0 and p == c  # then the causal mask is the kernel's own
         causal = None if square else _causal_bias(p, c, q_offset, q.dtype, q.device)
         # the count bias broadcasts over queries: a [B, H, 1, n] mask, not one expanded to [B, H, p, n],
