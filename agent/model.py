@@ -6,6 +6,7 @@ Layer kinds (ModelConfig.layers, e.g. "swa,ovq,swa,ovq"):
   full    causal attention with RoPE over at most `full_context` tokens (baseline)
   nope    the same without positional encoding (the "SWA + full NoPE" baseline)
   linear  gated linear attention (baseline)
+  conv    short causal convolution over the last K positions (agent.conv): n-gram features
 One forward `(tokens, state) -> (logits, state)` serves training and streaming.
 """
 
@@ -19,12 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from agent.attention import WindowAttention, WindowState
+from agent.conv import ConvState, ShortConv
 from agent.linear_attention import GatedLinearAttention, LinearState
 from agent.tokenizer import ChatFormat, chat_format
 from memory import OVQConfig, OVQState
 from memory.layer import OVQAttention
 
-LAYER_KINDS = ("swa", "ovq", "full", "nope", "linear")
+LAYER_KINDS = ("swa", "ovq", "full", "nope", "linear", "conv")
 
 
 def layer_kinds(layers: str) -> list[str]:
@@ -43,6 +45,7 @@ class ModelConfig:
     full_context: int = 8192  # bound of `full` / `nope` layers
     mlp_ratio: float = 8 / 3  # SwiGLU hidden = round_up(ratio * d_model, 64)
     rope_base: float = 10000.0
+    conv_kernel: int = 4  # K of `conv` layers
     chat_format: str = "plain"  # agent.tokenizer.CHAT_FORMATS: how its training data wrote turns
 
     def __post_init__(self) -> None:
@@ -55,6 +58,10 @@ class ModelConfig:
             raise ValueError(f"layers must be a comma list of {LAYER_KINDS}, got {self.layers!r}")
         if self.window < 1 or self.full_context < 1:
             raise ValueError("window and full_context must be >= 1")
+        if self.conv_kernel < 2:
+            raise ValueError(
+                f"conv_kernel must be >= 2 (1 would see only its own position), got {self.conv_kernel}"
+            )
         chat_format(self.chat_format)  # raises on an unknown name
 
     @property
@@ -71,8 +78,11 @@ class ModelConfig:
 
     def to_json(self) -> str:
         d = asdict(self)
-        if d["chat_format"] == "plain":  # models from before the field keep their JSON and fingerprint
-            del d["chat_format"]
+        # fields at the value they had before they existed are left out: older models keep their JSON
+        # and fingerprint
+        for name, old in (("chat_format", "plain"), ("conv_kernel", 4)):
+            if d[name] == old:
+                del d[name]
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -117,7 +127,7 @@ PRESETS = {
     ),
 }
 
-LayerState = WindowState | OVQState | LinearState
+LayerState = WindowState | OVQState | LinearState | ConvState
 
 
 @dataclass
@@ -157,6 +167,8 @@ def make_mixer(kind: str, config: ModelConfig) -> nn.Module:
         return WindowAttention(d, h, config.full_context, use_rope=kind == "full", bounded=True)
     if kind == "ovq":
         return OVQAttention(d, h, config.ovq)
+    if kind == "conv":
+        return ShortConv(d, config.conv_kernel)
     return GatedLinearAttention(d, h)
 
 
@@ -231,10 +243,10 @@ class HybridLM(nn.Module):
     def _fresh_state(self, B: int, keep_state: bool) -> ModelState:
         if keep_state:
             return self.init_state(B, dtype=self.embed.weight.dtype)
-        # window layers build no cache (None); the others need their (small) state to run at all
+        # window and conv layers build no cache (None); the others need their (small) state to run at all
         dtype, device = self.embed.weight.dtype, self.embed.weight.device
         mixers = [b.mixer for b in self.blocks]
-        windowed = [isinstance(m, WindowAttention) for m in mixers]
+        windowed = [isinstance(m, WindowAttention | ShortConv) for m in mixers]
         return ModelState(
             [None if w else m.init_state(B, dtype=dtype, device=device) for m, w in zip(mixers, windowed)], 0
         )
@@ -244,7 +256,7 @@ class HybridLM(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, nn.Linear):
+    if isinstance(module, nn.Linear | nn.Conv1d):
         nn.init.normal_(module.weight, std=0.02)
     elif isinstance(module, nn.Embedding):
         nn.init.normal_(module.weight, std=0.02)

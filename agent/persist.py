@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from agent.attention import WindowState
+from agent.conv import ConvState
 from agent.linear_attention import LinearState
 from agent.model import HybridLM, ModelState
 from memory import OVQState
@@ -61,7 +62,7 @@ def restore_state(tree: dict, model: HybridLM) -> ModelState:
                 s.validate()
             except ValueError as e:
                 raise CorruptSnapshot(f"layer {i} (ovq): {e}") from None
-        elif isinstance(s, WindowState | LinearState):
+        elif isinstance(s, WindowState | LinearState | ConvState):
             s.pos = _int(entry, "pos", i)
     fresh.pos = _int(tree, "pos", "model")
     return fresh

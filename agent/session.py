@@ -361,7 +361,10 @@ class Session:
                     entry["memory"] = memory_stats(s).to_dict()
                 layers.append(entry)
             cfg = self.runtime.model.config
-            kv = 2 * self.state.pos * cfg.d_model * 4 * len(cfg.kinds)  # float32 keys + values, every layer
+            attention = sum(k != "conv" for k in cfg.kinds)
+            kv = (
+                2 * self.state.pos * cfg.d_model * 4 * attention
+            )  # float32 keys + values, every attention layer
             return {
                 "session": self.name,
                 "tokens_seen": self.state.pos,

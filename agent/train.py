@@ -194,7 +194,8 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
 
 
 def _shape(cfg: TrainConfig) -> dict:
-    """The ModelConfig fields that cfg's --layers, --ovq, --d-model, --n-heads, --window set."""
+    """The ModelConfig fields that cfg's --layers, --ovq, --d-model, --n-heads, --window and
+    --conv-kernel set."""
     shape = {k: getattr(cfg, k) for k in SHAPE if getattr(cfg, k) is not None}
     if "layers" in shape:
         shape["layers"] = ",".join(layer_kinds(cfg.layers))

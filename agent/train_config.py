@@ -7,7 +7,14 @@ from dataclasses import dataclass
 from agent.tasks import BoundTask, make_chat_task
 from agent.tokenizer import chat_format
 
-SHAPE = ("layers", "ovq", "d_model", "n_heads", "window")  # options that override the preset's shape
+SHAPE = (
+    "layers",
+    "ovq",
+    "d_model",
+    "n_heads",
+    "window",
+    "conv_kernel",
+)  # options that override the preset's shape
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,7 @@ class TrainConfig:
     d_model: int | None = None
     n_heads: int | None = None
     window: int | None = None
+    conv_kernel: int | None = None
     tasks: str = "memory_dialogue:1"
     steps: int = 1000
     batch_size: int = 8
@@ -55,8 +63,9 @@ class TrainConfig:
         if self.init is not None and given:
             raise ValueError(f"--init brings its model's own architecture; drop {', '.join(given)}")
         for name in SHAPE[2:]:  # the integer ones
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            least = 2 if name == "conv_kernel" else 1  # a kernel of 1 would see only its own position
+            if getattr(self, name) is not None and getattr(self, name) < least:
+                raise ValueError(f"{name} must be >= {least}, got {getattr(self, name)}")
         if self.ovq is not None:
             parse_ovq(self.ovq)
         if self.workers < 0:
@@ -78,6 +87,7 @@ HELP = {
     "d_model": "override the preset's model width",
     "n_heads": "override the preset's number of attention heads (must divide the width)",
     "window": "override the preset's sliding-window size W (tokens)",
+    "conv_kernel": "positions K that each `conv` layer mixes (itself and K-1 before it)",
     "tasks": 'task mix "name[@preset]:weight,...", e.g. "recite:1,memory_dialogue@train_1k:3"',
     "steps": "optimizer steps (the learning-rate schedule spans them)",
     "batch_size": "global batch, in sequences (split over DDP ranks)",

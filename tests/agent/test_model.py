@@ -37,7 +37,7 @@ def test_chunked_prefill_then_token_decode_equals_one_forward(layers):
 @settings(max_examples=15)
 @given(cuts=st.lists(st.integers(1, 39), max_size=6))
 def test_any_split_of_the_stream_gives_the_same_logits(cuts):
-    model = tiny("swa,ovq,linear", seed=2)
+    model = tiny("conv,swa,ovq,linear", seed=2)
     tokens = torch.randint(0, V, (1, 40), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         whole, _ = model(tokens)
@@ -82,6 +82,21 @@ def test_swa_depends_on_relative_positions_only_even_far_into_a_stream():
     torch.testing.assert_close(far, near, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("K", [2, 5])
+def test_a_conv_layer_sees_its_own_and_exactly_K_minus_1_earlier_positions(K):
+    model = HybridLM(ModelConfig.preset("tiny", V, layers="conv", conv_kernel=K)).double()
+    tokens = torch.randint(0, V, (1, 20), generator=torch.Generator().manual_seed(5))
+    t = 12
+    with torch.no_grad():
+        base, _ = model(tokens)
+        for j in range(t - K - 1, t + 2):
+            changed = tokens.clone()
+            changed[0, j] = (changed[0, j] + 1) % V
+            logits, _ = model(changed)
+            moved = not torch.equal(logits[0, t], base[0, t])
+            assert moved == (t - K < j <= t), (j, moved)
+
+
 def test_full_attention_refuses_to_pass_its_context_bound():
     model = HybridLM(ModelConfig.preset("tiny", V, layers="full", full_context=16))
     with torch.no_grad():
@@ -115,12 +130,18 @@ def test_config_round_trips_through_json_and_weights_are_tied():
     assert "chat_format" not in config.to_json() and config.chat.name == "plain"
     with pytest.raises(ValueError, match="unknown chat format"):
         ModelConfig(V, chat_format="fancy")
+    # the conv kernel likewise: written only when it is not 4, the value from before the field
+    wide = ModelConfig.preset("small", V, layers="conv,swa,ovq", conv_kernel=5)
+    assert ModelConfig.from_json(wide.to_json()) == wide and '"conv_kernel": 5' in wide.to_json()
+    assert "conv_kernel" not in ModelConfig.preset("small", V, layers="conv,swa,ovq").to_json()
+    with pytest.raises(ValueError, match="conv_kernel must be >= 2"):
+        ModelConfig(V, conv_kernel=1)
     model = HybridLM(ModelConfig.preset("tiny", V))
     assert model.num_params() == sum(p.numel() for p in model.parameters())
     assert not any(name.startswith("lm_head") for name, _ in model.named_parameters())
 
 
-@pytest.mark.parametrize("layers", ["swa", "ovq", "full", "nope", "linear", "swa,ovq"])
+@pytest.mark.parametrize("layers", ["swa", "ovq", "full", "nope", "linear", "conv", "swa,ovq"])
 def test_every_layer_kind_trains(layers):
     """A short run on a learnable task (each token's successor is fixed): the loss must fall far, and
     the attention layer's own parameters must receive gradient."""

@@ -18,7 +18,7 @@ from snapshots import ChecksumError, FingerprintMismatch, decode
 TOK = Tokenizer.train((make_task("memory_dialogue")(i).text for i in range(15)), vocab_size=400)
 
 
-def model_dir(tmp_path, seed=0, layers="swa,ovq,linear"):
+def model_dir(tmp_path, seed=0, layers="conv,swa,ovq,linear"):  # every kind that keeps state
     torch.manual_seed(seed)
     return save_model(
         HybridLM(ModelConfig.preset("tiny", TOK.vocab_size, layers=layers)), TOK, tmp_path / f"m{seed}"

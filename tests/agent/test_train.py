@@ -86,6 +86,13 @@ def test_width_heads_and_window_override_the_preset(tmp_path, tokenizer_path, ca
     assert not (tmp_path / "bad" / "model.safetensors").exists()
 
 
+def test_conv_kernel_sets_the_conv_layers_width(tmp_path, tokenizer_path):
+    out = train(config(tmp_path / "conv", tokenizer_path, layers="conv,swa,ovq", conv_kernel=3, steps=1))
+    c = ModelConfig.from_json((out / "config.json").read_text())
+    assert (c.layers, c.conv_kernel) == ("conv,swa,ovq", 3)
+    assert weights(out)["blocks.0.mixer.conv.weight"].shape == (c.d_model, c.d_model, 3)
+
+
 def test_a_run_resumes_only_with_its_own_shape(tmp_path, tokenizer_path):
     run = tmp_path / "run"
     train(config(run, tokenizer_path, layers="swa, linear", d_model=48, n_heads=3, stop_at=2))
@@ -196,6 +203,8 @@ def test_bad_training_configs(tmp_path, capsys):
         TrainConfig(init="default", d_model=64, n_heads=2, window=16)
     with pytest.raises(ValueError, match="n_heads must be >= 1"):
         TrainConfig(n_heads=0)
+    with pytest.raises(ValueError, match="conv_kernel must be >= 2"):
+        TrainConfig(conv_kernel=1)
     with pytest.raises(ValueError, match="workers"):
         TrainConfig(workers=-1)
     with pytest.raises(ValueError, match="'L,N' or 'L,N,schedule'"):
