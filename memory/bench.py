@@ -3,6 +3,7 @@
     python -m memory.bench [--T 4096 16384 65536] [--repeats 1] [--device cpu|cuda]
 
 Prints JSON: tokens/s and state bytes of each, and their ratios. Not a test: timings are relative.
+Beside them, the op's matrix products alone (its floor on this machine; see `_matmul_floor`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _measure(T, B, H, D, config, repeats, g, device) -> dict:
         F.scaled_dot_product_attention(q[:, :, :L], k[:, :, :L], v[:, :, :L], is_causal=True)
         t_ovq = _best_time(lambda: states.append(ovq_attention(q, k, v, scale, config)[1]), repeats, device)
         t_full = _best_time(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), repeats, device)
+        t_floor = _best_time(lambda: _matmul_floor(q, k, v, config), repeats, device)
     ovq_bytes = states[-1].nbytes
     kv_bytes = B * H * T * 2 * D * q.element_size()
     return {
@@ -47,10 +49,36 @@ def _measure(T, B, H, D, config, repeats, g, device) -> dict:
         "ovq_tokens_per_s": B * T / t_ovq,
         "full_tokens_per_s": B * T / t_full,
         "speedup_ovq_vs_full": t_full / t_ovq,
+        "matmul_floor_tokens_per_s": B * T / t_floor,
+        "speedup_floor_vs_full": t_full / t_floor,
         "ovq_state_bytes": ovq_bytes,
         "full_kv_cache_bytes": kv_bytes,
         "state_ratio_full_over_ovq": kv_bytes / ovq_bytes,
     }
+
+
+def _matmul_floor(q, k, v, config: OVQConfig) -> None:
+    """The op's matrix products alone, chunk by chunk at its dictionary sizes: the read's q.mu_k and
+    p.mu_v over the n slots in use and its L x L chunk block (whole), and the coverage k.mu_k. No softmax,
+    selection, fold or Python beyond the loop: what a fully fused op would take if its products ran
+    at this machine's matmul speed, so `speedup_floor_vs_full` bounds what the op can reach here."""
+    B, H, T, D = q.shape
+    L, N, BH = config.chunk_size, config.capacity, B * H
+    q, k, v = (x.reshape(BH, T, -1) for x in (q, k, v))  # [B*H, T, D]
+    mu_k, mu_v = q.new_ones(BH, N, D), q.new_ones(BH, N, v.shape[-1])  # values do not change the time
+    scores, out = q.new_empty(BH * L * N), q.new_empty(BH, L, v.shape[-1])
+    n = 0
+    for c in range(0, T - T % L, L):
+        qc, kc, vc = q[:, c : c + L], k[:, c : c + L], v[:, c : c + L]
+        if n:
+            s = scores[: BH * L * n].view(BH, L, n)  # contiguous, so `out=` writes in place
+            torch.bmm(qc, mu_k[:, :n].transpose(1, 2), out=s)
+            torch.bmm(s, mu_v[:, :n], out=out)
+            torch.bmm(kc, mu_k[:, :n].transpose(1, 2), out=s)
+        s = scores[: BH * L * L].view(BH, L, L)
+        torch.bmm(qc, kc.transpose(1, 2), out=s)
+        torch.bmm(s, vc, out=out)
+        n = config.size_after(c + L)
 
 
 def run(Ts=(4096, 16384, 65536), B=1, H=4, D=64, L=256, N=1024, repeats=1, seed=0, device="cpu") -> dict:

@@ -17,6 +17,8 @@ def test_bench_json_has_both_ops_ratios_and_constant_state_bytes(capsys):
             abs(r["speedup_ovq_vs_full"] - r["ovq_tokens_per_s"] / r["full_tokens_per_s"])
             < 1e-9 * r["speedup_ovq_vs_full"]
         )
+        floor = r["matmul_floor_tokens_per_s"] / r["full_tokens_per_s"]  # the op's products alone
+        assert abs(r["speedup_floor_vs_full"] - floor) < 1e-9 * floor
     assert result["results"][1]["full_kv_cache_bytes"] == 4 * result["results"][0]["full_kv_cache_bytes"]
 
 
