@@ -225,6 +225,8 @@ class HybridLM(nn.Module):
             state = self._fresh_state(B, keep_state)
         elif len(state.layers) != len(self.blocks):
             raise ValueError(f"state has {len(state.layers)} layers, the model has {len(self.blocks)}")
+        if T == 0:  # nothing to read: no logits, and the stream is where it was
+            return self.embed.weight.new_empty(B, 0, self.config.vocab_size), state if keep_state else None
         x = self.embed(tokens)
         layers = []
         for block, s in zip(self.blocks, state.layers):

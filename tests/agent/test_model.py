@@ -55,6 +55,17 @@ def test_inference_updates_the_given_state_in_place_and_consistently():
     assert new is not state and (state.pos, new.pos) == (5, 8)
 
 
+def test_an_empty_input_gives_no_logits_and_leaves_the_stream_where_it_was():
+    model = tiny("conv,swa,ovq,full,nope,linear")
+    state = model.init_state(2, torch.float64)
+    with torch.no_grad():
+        _, state = model(torch.zeros(2, 3, dtype=torch.long), state)
+        logits, same = model(torch.zeros(2, 0, dtype=torch.long), state)
+        fresh, none = model(torch.zeros(2, 0, dtype=torch.long), keep_state=False)
+    assert logits.shape == fresh.shape == (2, 0, V) and none is None
+    assert same is state and state.pos == 3
+
+
 def test_state_is_bounded_and_allocated_once():
     model = tiny("swa,ovq,linear").float()
     state = model.init_state(1)
