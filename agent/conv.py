@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -43,8 +42,11 @@ class ConvState:
 class ShortConv(nn.Module):
     def __init__(self, d_model: int, kernel: int) -> None:
         super().__init__()
-        self.kernel = kernel
         self.conv = nn.Conv1d(d_model, d_model, kernel, bias=False)  # weight [d, d, K]; tap K-1 is x_t
+
+    @property
+    def kernel(self) -> int:
+        return self.conv.kernel_size[0]
 
     def init_state(self, B: int, dtype=torch.float32, device=None) -> ConvState:
         device = self.conv.weight.device if device is None else device
@@ -58,7 +60,7 @@ class ShortConv(nn.Module):
         B, T, _ = x.shape
         past = x.new_zeros(B, self.kernel - 1, x.shape[-1]) if state is None else state.x.to(x.dtype)
         xs = torch.cat([past, x], dim=1)  # [B, K-1+T, d]: positions pos-K+1 .. pos+T-1
-        y = F.conv1d(xs.transpose(1, 2), self.conv.weight).transpose(1, 2)  # [B, T, d]
+        y = self.conv(xs.transpose(1, 2)).transpose(1, 2)  # unpadded: [B, T, d], causal by the past rows
         if state is None:
             return y, None
         tail = xs[:, T:]  # [B, K-1, d]: the last K-1 inputs

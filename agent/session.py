@@ -362,9 +362,8 @@ class Session:
                 layers.append(entry)
             cfg = self.runtime.model.config
             attention = sum(k != "conv" for k in cfg.kinds)
-            kv = (
-                2 * self.state.pos * cfg.d_model * 4 * attention
-            )  # float32 keys + values, every attention layer
+            # float32 keys + values in every attention layer
+            kv = 2 * self.state.pos * cfg.d_model * 4 * attention
             return {
                 "session": self.name,
                 "tokens_seen": self.state.pos,

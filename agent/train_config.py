@@ -7,14 +7,8 @@ from dataclasses import dataclass
 from agent.tasks import BoundTask, make_chat_task
 from agent.tokenizer import chat_format
 
-SHAPE = (
-    "layers",
-    "ovq",
-    "d_model",
-    "n_heads",
-    "window",
-    "conv_kernel",
-)  # options that override the preset's shape
+# options that override the preset's shape
+SHAPE = ("layers", "ovq", "d_model", "n_heads", "window", "conv_kernel")
 
 
 @dataclass(frozen=True)
