@@ -1,3 +1,10 @@
-"""The hybrid SWA + OVQ model and the runtime around it: sessions, CLI, training, evaluation."""
+"""The runtime around the OVQ op, in rooms by role (imports point down this list, never up):
 
-__version__ = "0.1.0"
+cli/      the `ovq` command line and the runtime benchmarks (top)
+runtime/  Runtime, Session, snapshot glue
+eval/     recall evaluation, side-by-side comparison, probe suites
+train/    the trainer and its config
+tasks/    generated data: recall tasks, memory dialogues, filler (used by train, eval and runtime)
+model/    layers, the hybrid model, tokenizer, checkpoints, generation (bottom)
+shipped/  the models shipped with the package, each with its card
+"""

@@ -7,11 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from kernels import _triton
-from kernels.assign import coverage_assign_torch, coverage_assign_triton
-from kernels.chunk_read import chunk_read_torch, chunk_read_triton
-from kernels.fold import fold_update_torch, fold_update_triton
+from ovq.kernels import _triton
+from ovq.kernels.assign import coverage_assign_torch, coverage_assign_triton
+from ovq.kernels.chunk_read import chunk_read_torch, chunk_read_triton
+from ovq.kernels.fold import fold_update_torch, fold_update_triton
 
 BACKENDS = ("torch", "triton")
 

@@ -71,7 +71,7 @@ def select_and_assign(chunk_k, dict_k, m: int, rowmax) -> tuple[torch.Tensor, to
 # first use, never at `import kernels`.
 import functools  # noqa: E402
 
-from kernels import _triton  # noqa: E402
+from ovq.kernels import _triton  # noqa: E402
 
 tl = None  # triton.language, bound by _rowmax_jit()
 

@@ -16,8 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from kernels import get_ops
+from ovq.kernels import get_ops
 
 
 def _time(fn, device: torch.device, repeats: int) -> float:

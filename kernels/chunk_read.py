@@ -67,7 +67,7 @@ def _can_split(q, dict_k, dict_v, chunk_k, chunk_v, scale) -> bool:
 # imported on first use, never at `import kernels`.
 import functools  # noqa: E402
 
-from kernels import _triton  # noqa: E402
+from ovq.kernels import _triton  # noqa: E402
 
 tl = None  # triton.language, bound by _chunk_read_jit()
 

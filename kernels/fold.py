@@ -87,7 +87,7 @@ def _fold_functional(keys, values, counts, n, chunk_k, chunk_v, assign, M):
 # first use, never at `import kernels`.
 import functools  # noqa: E402
 
-from kernels import _triton  # noqa: E402
+from ovq.kernels import _triton  # noqa: E402
 
 tl = None  # triton.language, bound by _fold_jit()
 

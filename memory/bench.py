@@ -15,9 +15,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from memory.config import OVQConfig
-from memory.op import ovq_attention
+from ovq.memory.config import OVQConfig
+from ovq.memory.op import ovq_attention
 
 
 def _best_time(fn, repeats: int, device: torch.device) -> float:

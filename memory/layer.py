@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import torch
+from ovq.memory.config import OVQConfig
+from ovq.memory.op import ovq_attention
+from ovq.memory.state import OVQState
 from torch import nn
-
-from memory.config import OVQConfig
-from memory.op import ovq_attention
-from memory.state import OVQState
 
 
 class OVQAttention(nn.Module):

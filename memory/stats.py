@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-
-from memory.state import OVQState
+from ovq.memory.state import OVQState
 
 
 @dataclass(frozen=True)

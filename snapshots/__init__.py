@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from snapshots.errors import (
+from ovq.snapshots.errors import (
     ChecksumError,
     CorruptSnapshot,
     FingerprintMismatch,
@@ -19,18 +19,18 @@ from snapshots.errors import (
 )
 
 if TYPE_CHECKING:
-    from snapshots.codec import CURRENT_VERSION, Snapshot, decode, encode, encode_parts, migration
-    from snapshots.store import SnapshotInfo, SnapshotStore
+    from ovq.snapshots.codec import CURRENT_VERSION, Snapshot, decode, encode, encode_parts, migration
+    from ovq.snapshots.store import SnapshotInfo, SnapshotStore
 
 _LAZY = {
-    "CURRENT_VERSION": "snapshots.codec",
-    "Snapshot": "snapshots.codec",
-    "decode": "snapshots.codec",
-    "encode": "snapshots.codec",
-    "encode_parts": "snapshots.codec",
-    "migration": "snapshots.codec",
-    "SnapshotInfo": "snapshots.store",
-    "SnapshotStore": "snapshots.store",
+    "CURRENT_VERSION": "ovq.snapshots.codec",
+    "Snapshot": "ovq.snapshots.codec",
+    "decode": "ovq.snapshots.codec",
+    "encode": "ovq.snapshots.codec",
+    "encode_parts": "ovq.snapshots.codec",
+    "migration": "ovq.snapshots.codec",
+    "SnapshotInfo": "ovq.snapshots.store",
+    "SnapshotStore": "ovq.snapshots.store",
 }
 
 __all__ = [

@@ -24,9 +24,14 @@ from typing import Any
 import msgpack
 import torch
 import xxhash
-
-from snapshots.errors import ChecksumError, CorruptSnapshot, FingerprintMismatch, SnapshotError, VersionError
-from snapshots.frame import BLAKE3, DIGEST_SIZE, SHA256, Frame, frame, unframe, unpack
+from ovq.snapshots.errors import (
+    ChecksumError,
+    CorruptSnapshot,
+    FingerprintMismatch,
+    SnapshotError,
+    VersionError,
+)
+from ovq.snapshots.frame import BLAKE3, DIGEST_SIZE, SHA256, Frame, frame, unframe, unpack
 
 if sys.byteorder != "little":  # tensor bytes are written as they lie in memory
     raise ImportError("snapshots.codec assumes a little-endian host")

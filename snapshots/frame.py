@@ -26,8 +26,7 @@ from typing import Any
 
 import blake3
 import msgpack
-
-from snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotError
+from ovq.snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotError
 
 _HEADER = struct.Struct("<4sHBBQ")
 HEADER_SIZE = _HEADER.size  # 16

@@ -20,9 +20,8 @@ from typing import Any, TypeVar
 import lmdb
 import msgpack
 import platformdirs
-
-from snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotNotFound, VersionError
-from snapshots.frame import declared_digest, digest_matches, frame, unframe, unpack
+from ovq.snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotNotFound, VersionError
+from ovq.snapshots.frame import declared_digest, digest_matches, frame, unframe, unpack
 
 SCHEMA_VERSION = 1
 EXPORT_MAGIC = b"OVQX"

@@ -20,6 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ovq.tui.chat import ChatLog, HistoryInput, TurnView, turn_text
+from ovq.tui.help import HelpScreen
+from ovq.tui.panels import MemoryPanel, ProbePanel, SnapshotPanel, fmt_rate, summary_text
 from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -29,13 +32,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 
-from tui.chat import ChatLog, HistoryInput, TurnView, turn_text
-from tui.help import HelpScreen
-from tui.panels import MemoryPanel, ProbePanel, SnapshotPanel, fmt_rate, summary_text
-
 if TYPE_CHECKING:
-    from agent.generate import CancelToken, SamplingConfig
-    from agent.session import Runtime, Session
+    from ovq.agent.model.generate import CancelToken, SamplingConfig
+    from ovq.agent.runtime.session import Runtime, Session
 
 UPDATE_EVERY_S = 0.05  # streamed text reaches the screen at most 20 times a second
 STATS_EVERY_S = 0.5  # the memory panel while a reply streams
@@ -241,8 +240,8 @@ class OvqApp(App[int]):
     def _session_thread(self) -> None:
         worker = get_current_worker()
         try:
-            from agent.generate import SamplingConfig
-            from agent.probes import shipped_suites
+            from ovq.agent.eval.probes import shipped_suites
+            from ovq.agent.model.generate import SamplingConfig
 
             source = self._runtime_source
             runtime = source() if callable(source) else source
@@ -301,7 +300,7 @@ class OvqApp(App[int]):
             self._publish(session)
 
     def _job_reply(self, job: int, message: str) -> None:
-        from agent.generate import CancelToken
+        from ovq.agent.model.generate import CancelToken
 
         session = self._live
         assert session is not None and self._sampling is not None
@@ -404,7 +403,7 @@ class OvqApp(App[int]):
     # ---- the probe worker
     @work(thread=True, exclusive=True, group="probe", name="probe", exit_on_error=False)
     def _probe_thread(self, source: str) -> None:
-        from agent.probes import load_suite
+        from ovq.agent.eval.probes import load_suite
 
         worker = get_current_worker()
         session = self._live
@@ -677,6 +676,6 @@ def run(
 
 
 def _load(model: str | Path | None, store: str | Path | None, capacity: int | None = None) -> Runtime:
-    from agent.session import Runtime  # torch comes with it: imported off the UI's critical path
+    from ovq.agent.runtime.session import Runtime  # torch comes with it: imported off the UI's critical path
 
     return Runtime.load(model, store, capacity=capacity)

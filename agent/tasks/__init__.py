@@ -1,7 +1,7 @@
 """Training and evaluation tasks (docs/ovq.md section 9, plus the memory dialogue): each task turns
 (config, seed) into an `Example` of text with the character spans of its answers.
 
-    from agent.tasks import make_task
+    from ovq.agent.tasks import make_task
     task = make_task("memory_dialogue", max_distance=2000)
     example = task(seed=0)            # or: for example in task.examples(seed=0): ...
 """

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from agent.tokenizer import (  # noqa: F401  (re-exported)
+from ovq.agent.model.tokenizer import (  # noqa: F401  (re-exported)
     ASSISTANT,
     CHAT_FORMATS,
     END,

@@ -20,7 +20,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 
-from agent.tokenizer import ChatFormat, chat_format
+from ovq.agent.model.tokenizer import ChatFormat, chat_format
 
 from . import pools as P
 from .base import (

@@ -2,10 +2,9 @@ import json
 
 import pytest
 import torch
-
-from agent.checkpoint import fingerprint, load_model, save_model
-from agent.model import HybridLM, ModelConfig
-from agent.tokenizer import Tokenizer
+from ovq.agent.model.checkpoint import fingerprint, load_model, save_model
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
 
 TOKENIZER = Tokenizer.train([f"fact {i}: value {i * 7}" for i in range(200)], vocab_size=300)
 

@@ -6,11 +6,10 @@ import sys
 
 import pytest
 import torch
-
-from agent.checkpoint import save_model
-from agent.cli import main
-from agent.model import HybridLM, ModelConfig
-from agent.tokenizer import Tokenizer
+from ovq.agent.cli.main import main
+from ovq.agent.model.checkpoint import save_model
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
 
 COMMANDS = ["chat", "train", "eval", "probe", "feed", "snapshots", "bench"]
 
@@ -23,12 +22,14 @@ def test_every_help_works(command, capsys):
 
 
 def test_version_and_the_console_script():
-    out = subprocess.run([sys.executable, "-m", "agent.cli", "--version"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "ovq", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("ovq ")
 
 
 def test_chat_without_the_default_model_says_what_is_missing(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("agent.checkpoint.DEFAULT_MODEL_DIR", tmp_path)  # an installation without it
+    monkeypatch.setattr(
+        "ovq.agent.model.checkpoint.DEFAULT_MODEL_DIR", tmp_path
+    )  # an installation without it
     assert main(["chat"]) == 2
     assert "no default model" in capsys.readouterr().err
 
@@ -58,7 +59,7 @@ def test_probe_writes_json_and_exits_by_threshold(model_dir, tmp_path):
 
 
 def test_eval_without_the_default_model_says_what_is_missing(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("agent.checkpoint.DEFAULT_MODEL_DIR", tmp_path)
+    monkeypatch.setattr("ovq.agent.model.checkpoint.DEFAULT_MODEL_DIR", tmp_path)
     assert main(["eval", "recall"]) == 2
     assert "no default model" in capsys.readouterr().err
 
@@ -134,6 +135,6 @@ def test_feed_then_snapshots_list_show_export_import_rm(model_dir, tmp_path, cap
 
 
 def test_the_cli_starts_without_importing_torch():
-    code = "import sys; from agent.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from ovq.agent.cli.main import build_parser as b; b(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

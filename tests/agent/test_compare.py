@@ -5,13 +5,12 @@ import json
 
 import pytest
 import torch
-
-from agent.checkpoint import save_model
-from agent.cli import main as ovq_main
-from agent.compare import compare, merge, parse_model, plot, to_markdown
-from agent.model import HybridLM, ModelConfig
-from agent.tasks import make_task
-from agent.tokenizer import Tokenizer
+from ovq.agent.cli.main import main as ovq_main
+from ovq.agent.eval.compare import compare, merge, parse_model, plot, to_markdown
+from ovq.agent.model.checkpoint import save_model
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.tasks import make_task
 
 LENGTHS = [150, 600]
 
@@ -77,7 +76,7 @@ def test_cli_compare_writes_json_and_markdown(models, tmp_path, capsys):
     [
         (["--lengths", "150"], "needs --models"),
         (["--models", "x", "--lengths", "1a"], "comma-separated integers"),
-        (["--models", "/nowhere", "--lengths", "150"], "lacks"),
+        (["--models", "/nowhere", "--lengths", "150"], "no model directory"),
         (["--models", "x", "--lengths", "0"], "positive"),
         (["--models", "x", "--lengths", "5", "--length-field", "bogus"], "bad override"),
         (["--models", "x"], "needs --lengths"),

@@ -5,9 +5,8 @@ full `ovq eval recall` numbers; here a few fixed examples guard against shipping
 import re
 
 import pytest
-
-from agent.checkpoint import DEFAULT_MODEL_DIR, load_model
-from agent.session import Runtime
+from ovq.agent.model.checkpoint import DEFAULT_MODEL_DIR, load_model
+from ovq.agent.runtime.session import Runtime
 
 CARD = DEFAULT_MODEL_DIR / "card.md"
 
@@ -44,7 +43,7 @@ def test_a_reply_is_one_clean_assistant_turn(runtime):
 
 
 def test_the_default_model_recalls_facts_beyond_its_window():
-    from agent.evaluate import evaluate_recall
+    from ovq.agent.eval.recall import evaluate_recall
 
     loaded = load_model()
     result = evaluate_recall(loaded.model, loaded.tokenizer, "memory_dialogue", "default", n=6)
@@ -56,7 +55,7 @@ def test_the_default_model_recalls_facts_stated_late_in_a_long_session():
     """One fixed 62k-token test_64k dialogue (questions up to 51k tokens in). With the
     shipped OVQ capacity (4,096 slots) it recalls 8 of 8; with 1,024 it recalled 2 of 8, because
     the plateau schedule then opens almost no slots for facts that arrive late (card: Evaluation)."""
-    from agent.evaluate import evaluate_recall
+    from ovq.agent.eval.recall import evaluate_recall
 
     loaded = load_model()
     args = (loaded.model, loaded.tokenizer, "memory_dialogue", "test_64k")

@@ -1,10 +1,10 @@
+import ovq.agent.eval.recall
 import pytest
 import torch
-
-from agent.evaluate import answer_records, evaluate_recall, score_example, seed_sets, summarise
-from agent.model import HybridLM, ModelConfig
-from agent.tasks import Example, make_task
-from agent.tokenizer import Tokenizer
+from ovq.agent.eval.recall import answer_records, evaluate_recall, score_example, seed_sets, summarise
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.tasks import Example, make_task
 
 TOK = Tokenizer.train((make_task("icr", "tiny")(i).text for i in range(50)), vocab_size=300)
 
@@ -92,7 +92,7 @@ def test_memory_horizon_counts_chunk_updates_between_statement_and_question():
 
 
 def test_stated_form_tells_an_answer_copied_token_for_token_from_one_retokenised():
-    from agent.evaluate import stated_form
+    from ovq.agent.eval.recall import stated_form
 
     # "Ġ" words: a value stated after a space and answered after a space keeps its tokens; answered
     # at the start of a line it begins with a different token (byte-level BPE); restated, it is neither
@@ -120,12 +120,11 @@ def test_stated_form_tells_an_answer_copied_token_for_token_from_one_retokenised
 
 
 def test_evaluation_writes_dialogues_in_the_models_chat_format(monkeypatch):
-    import agent.evaluate
 
     seen = []
     record = {"hit": True, "distance_tokens": None}  # only the examples matter here
     monkeypatch.setattr(
-        agent.evaluate, "score_example", lambda m, t, ex, chunk: seen.append(ex.text) or [record]
+        ovq.agent.eval.recall, "score_example", lambda m, t, ex, chunk: seen.append(ex.text) or [record]
     )
     for fmt in ("plain", "spaced"):
         model = HybridLM(ModelConfig.preset("tiny", TOK.vocab_size, chat_format=fmt))
@@ -159,7 +158,7 @@ def test_seed_sets_pool_into_one_result_equal_to_their_parts():
 
 
 def test_memory_dialogue_answers_are_split_by_class_of_value():
-    from agent.evaluate import value_class
+    from ovq.agent.eval.recall import value_class
 
     assert value_class("favourite_sport") == "closed class" and value_class("locker_code") == "open"
     ex = make_task("memory_dialogue", "default")(11)

@@ -1,9 +1,8 @@
 import pytest
 import torch
-
-from agent.generate import CancelToken, SamplingConfig, generate_tokens, sample, stream_text
-from agent.model import HybridLM, ModelConfig
-from agent.tokenizer import Tokenizer
+from ovq.agent.model.generate import CancelToken, SamplingConfig, generate_tokens, sample, stream_text
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
 
 TOK = Tokenizer.train([f"the code for box {i} is {i * 13 % 97}. " * 3 for i in range(100)], vocab_size=300)
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.model import LAYER_KINDS, HybridLM, ModelConfig
+from ovq.agent.model.hybrid import LAYER_KINDS, HybridLM, ModelConfig
 
 V = 61
 

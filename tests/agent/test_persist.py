@@ -6,14 +6,13 @@ import textwrap
 
 import pytest
 import torch
-
-from agent.checkpoint import save_model
-from agent.generate import SamplingConfig
-from agent.model import HybridLM, ModelConfig
-from agent.session import Runtime
-from agent.tasks import make_task
-from agent.tokenizer import Tokenizer
-from snapshots import ChecksumError, FingerprintMismatch, decode
+from ovq.agent.model.checkpoint import save_model
+from ovq.agent.model.generate import SamplingConfig
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.runtime.session import Runtime
+from ovq.agent.tasks import make_task
+from ovq.snapshots import ChecksumError, FingerprintMismatch, decode
 
 TOK = Tokenizer.train((make_task("memory_dialogue")(i).text for i in range(15)), vocab_size=400)
 
@@ -28,8 +27,8 @@ def model_dir(tmp_path, seed=0, layers="conv,swa,ovq,linear"):  # every kind tha
 NEXT = textwrap.dedent(
     """
     import sys, torch
-    from agent.session import Runtime
-    from agent.generate import SamplingConfig
+    from ovq.agent.runtime.session import Runtime
+    from ovq.agent.model.generate import SamplingConfig
     rt = Runtime.load(sys.argv[1], store=sys.argv[2])
     s = rt.session("exact")
     s.rollback(int(sys.argv[4]))  # the live run's replies saved later snapshots (durable turns)

@@ -1,6 +1,5 @@
 import pytest
-
-from agent.probes import Probe, load_suite, parse_suite, shipped_suites
+from ovq.agent.eval.probes import Probe, load_suite, parse_suite, shipped_suites
 
 
 def test_shipped_suites_load():

@@ -4,11 +4,10 @@ import re
 from pathlib import Path
 
 import torch
-
-from agent.checkpoint import save_model
-from agent.model import HybridLM, ModelConfig
-from agent.session import Runtime
-from agent.tokenizer import Tokenizer
+from ovq.agent.model.checkpoint import save_model
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.runtime.session import Runtime
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

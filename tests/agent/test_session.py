@@ -5,14 +5,13 @@ import threading
 
 import pytest
 import torch
-
-from agent.checkpoint import save_model
-from agent.generate import CancelToken, SamplingConfig
-from agent.model import HybridLM, ModelConfig
-from agent.probes import Probe, ProbeSuite, run_probe
-from agent.session import Runtime
-from agent.tasks import make_task
-from agent.tokenizer import MARKERS, Tokenizer
+from ovq.agent.eval.probes import Probe, ProbeSuite, run_probe
+from ovq.agent.model.checkpoint import save_model
+from ovq.agent.model.generate import CancelToken, SamplingConfig
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import MARKERS, Tokenizer
+from ovq.agent.runtime.session import Runtime
+from ovq.agent.tasks import make_task
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +24,11 @@ def runtime(tmp_path_factory):
 
 
 def test_feeding_in_bounded_pieces_equals_one_forward(runtime, monkeypatch):
-    import agent.session
+    import ovq.agent.runtime.session
 
-    monkeypatch.setattr(agent.session, "FEED_TOKENS", 37)  # many forwards, cut at arbitrary tokens
+    monkeypatch.setattr(
+        ovq.agent.runtime.session, "FEED_TOKENS", 37
+    )  # many forwards, cut at arbitrary tokens
     text = make_task("memory_dialogue")(99).text
     s = runtime.session("pieces")
     fed = s.feed(text)
@@ -153,7 +154,7 @@ def _state_bytes(session):
 
 
 def test_probe_leaves_the_live_session_bit_identical(runtime):
-    from agent.probes import parse_suite
+    from ovq.agent.eval.probes import parse_suite
 
     s = runtime.session("probed")
     s.feed("My locker code is 4471. " * 3, role="user")
@@ -226,7 +227,7 @@ def test_a_spaced_model_gets_spaced_turns_and_replies_without_the_space(tmp_path
 
 
 def test_a_session_resumes_only_at_the_capacity_that_saved_it(runtime, tmp_path):
-    from agent.checkpoint import load_model
+    from ovq.agent.model.checkpoint import load_model
 
     s = runtime.session("capacity")
     s.feed(make_task("memory_dialogue")(5).text)

@@ -7,8 +7,8 @@ from itertools import islice
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from agent.tasks import (
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.tasks import (
     TASKS,
     BoundTask,
     Example,
@@ -22,10 +22,9 @@ from agent.tasks import (
     iter_examples,
     make_task,
 )
-from agent.tasks import pools as P
-from agent.tasks.facts import KINDS, Pooled
-from agent.tasks.memory_dialogue import Fact, fill, fmt
-from agent.tokenizer import Tokenizer
+from ovq.agent.tasks import pools as P
+from ovq.agent.tasks.facts import KINDS, Pooled
+from ovq.agent.tasks.memory_dialogue import Fact, fill, fmt
 
 seeds = st.integers(min_value=0, max_value=2**63 - 1)
 SMALL = {  # fast configs per task
@@ -254,7 +253,7 @@ def test_train_and_test_vocabularies_are_disjoint():
 def test_generated_data_is_pinned():
     """The dialogues the shipped model trained on (train_1k) and is measured on (test_2k_16k) stay
     the same for the same seeds: its card's numbers can be reproduced. Changing the generator on
-    purpose means a new digest here and new numbers in agent/default_model/card.md."""
+    purpose means a new digest here and new numbers in agent/shipped/tiny/card.md."""
     digest = hashlib.sha256()
     for name, preset in [
         ("memory_dialogue", "train_1k"),
@@ -301,7 +300,7 @@ def test_novel_values_replace_closed_class_values_with_invented_words():
 
 
 def test_dense_4k_preset_fills_a_4k_sequence_with_train_1k_question_density():
-    from agent.checkpoint import DEFAULT_MODEL_DIR
+    from ovq.agent.model.checkpoint import DEFAULT_MODEL_DIR
 
     tok = Tokenizer.load(DEFAULT_MODEL_DIR)  # the shipped model's, which the preset fine-tunes
     task = make_task("memory_dialogue", "train_4k_dense_novel")
@@ -476,9 +475,9 @@ def test_recite_labels_come_from_the_chosen_split():
 
 
 def test_spaced_dialogues_open_every_turn_with_a_space_and_answers_keep_their_tokens():
-    from agent.checkpoint import DEFAULT_MODEL_DIR
-    from agent.evaluate import answer_records, stated_form
-    from agent.tokenizer import MARKERS, Tokenizer
+    from ovq.agent.eval.recall import answer_records, stated_form
+    from ovq.agent.model.checkpoint import DEFAULT_MODEL_DIR
+    from ovq.agent.model.tokenizer import MARKERS, Tokenizer
 
     plain = make_task("memory_dialogue", "train_1k")(7)
     spaced = make_task("memory_dialogue", "train_1k", chat_format="spaced")(7)

@@ -1,8 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from agent.text import clean, segments
-from agent.tokenizer import Tokenizer
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.runtime.text import clean, segments
 
 TOK = Tokenizer.train(["hello world, this is a test of  spaces\tand\nnewlines " * 20], vocab_size=300)
 

@@ -1,8 +1,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from agent.tokenizer import ASSISTANT, END, SPECIAL_TOKENS, USER, Tokenizer
+from ovq.agent.model.tokenizer import ASSISTANT, END, SPECIAL_TOKENS, USER, Tokenizer
 
 CORPUS = [
     f"{USER}What is the code for locker {i}?{END}{ASSISTANT}It is {i * 37 % 1000}.{END}" for i in range(300)
@@ -52,7 +51,7 @@ def test_bad_vocab_size():
 
 
 def test_chat_formats_write_turns_and_restyle_plain_text():
-    from agent.tokenizer import CHAT_FORMATS, OBSERVATION, chat_format
+    from ovq.agent.model.tokenizer import CHAT_FORMATS, OBSERVATION, chat_format
 
     plain, spaced = CHAT_FORMATS["plain"], chat_format("spaced")
     assert plain.turn(USER, "hi") == f"{USER}hi{END}\n"

@@ -6,13 +6,12 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from ovq.agent.cli.main import main as ovq_main
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.tasks import make_task
+from ovq.agent.train.trainer import TrainConfig, make_batch, parse_mix, train
 from safetensors.torch import load_file
-
-from agent.cli import main as ovq_main
-from agent.model import HybridLM, ModelConfig
-from agent.tasks import make_task
-from agent.tokenizer import Tokenizer
-from agent.train import TrainConfig, make_batch, parse_mix, train
 
 TASKS = "icr@tiny:1,icl@tiny:1"
 
@@ -58,7 +57,7 @@ def test_init_fine_tunes_from_a_model_directory(tmp_path, tokenizer_path):
     assert set(a) == set(b)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # started from base, barely moved
     assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
-    with pytest.raises(FileNotFoundError, match="lacks"):
+    with pytest.raises(FileNotFoundError, match="no model directory"):
         train(config(tmp_path / "c", None, init=str(tmp_path / "nowhere")))
 
 
@@ -224,6 +223,6 @@ def test_bad_training_configs(tmp_path, capsys):
 def test_every_train_option_has_help():
     from dataclasses import fields
 
-    from agent.train_config import HELP
+    from ovq.agent.train.config import HELP
 
     assert set(HELP) == {f.name for f in fields(TrainConfig)}

@@ -4,13 +4,13 @@ import subprocess
 import sys
 import warnings
 
+import ovq.memory.state
 import pytest
 import torch
+from ovq.kernels import _triton
+from ovq.memory import OVQConfig, ovq_attention
 
-import kernels
-import memory.state
-from kernels import _triton
-from memory import OVQConfig, ovq_attention
+from ovq import kernels
 from tests.kernels.helpers import CASES, Inputs, poisoned, requires_triton, tol
 
 CONFIG = OVQConfig(chunk_size=16, capacity=37)
@@ -20,7 +20,7 @@ B, H, T, D = 2, 3, 63, 48
 @pytest.fixture
 def poisoned_state(monkeypatch):
     """Unwritten state storage is NaN (counts hugely negative), so reading it shows."""
-    monkeypatch.setattr(memory.state, "allocate", poisoned)
+    monkeypatch.setattr(ovq.memory.state, "allocate", poisoned)
 
 
 def qkv(device, dtype, Dv=D):

@@ -4,8 +4,7 @@ the same values and the same first index, ties and a ragged last block included.
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from kernels.assign import first_max
+from ovq.kernels.assign import first_max
 
 
 @settings(max_examples=60, deadline=None)

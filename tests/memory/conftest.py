@@ -1,10 +1,9 @@
 """Every OVQ state allocated inside memory/ tests is poisoned, so reading unwritten memory shows:
 float storage is NaN, counts are hugely negative (their log is NaN)."""
 
+import ovq.memory.state
 import pytest
 import torch
-
-import memory.state
 
 POISON_COUNT = -(2**40)
 
@@ -15,4 +14,4 @@ def poisoned_state_memory(monkeypatch):
         fill = float("nan") if dtype.is_floating_point else POISON_COUNT
         return torch.full(shape, fill, dtype=dtype, device=device)
 
-    monkeypatch.setattr(memory.state, "allocate", allocate)
+    monkeypatch.setattr(ovq.memory.state, "allocate", allocate)

@@ -1,8 +1,7 @@
 """Shared inputs for memory tests."""
 
 import torch
-
-from memory.op import l2_normalise
+from ovq.memory.op import l2_normalise
 
 
 def qkv(B, H, T, D, Dv=None, dtype=torch.float64, seed=0):

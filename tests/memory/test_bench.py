@@ -2,8 +2,8 @@
 
 import json
 
-from agent.cli import main as ovq_main
-from memory import bench
+from ovq.agent.cli.main import main as ovq_main
+from ovq.memory import bench
 
 
 def test_bench_json_has_both_ops_ratios_and_constant_state_bytes(capsys):

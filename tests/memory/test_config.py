@@ -1,6 +1,5 @@
 import pytest
-
-from memory import PRESETS, OVQConfig, schedule_size
+from ovq.memory import PRESETS, OVQConfig, schedule_size
 
 
 def test_plateau_schedule_values():

@@ -1,8 +1,7 @@
 import pytest
 import torch
-
-from memory import OVQConfig
-from memory.layer import OVQAttention
+from ovq.memory import OVQConfig
+from ovq.memory.layer import OVQAttention
 
 
 def make_layer(seed=0, **kw):

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from ovq.memory import OVQConfig, ovq_attention
+from ovq.memory.reference import reference_ovq_attention
 
-from memory import OVQConfig, ovq_attention
-from memory.reference import reference_ovq_attention
 from tests.memory.helpers import causal_attention, qkv
 
 AWKWARD = [
@@ -43,7 +43,7 @@ def test_queries_see_the_dictionary_with_log_count_bias_and_their_chunk_causally
     q, k, v = qkv(1, 1, 8, 4, seed=9)
     config = OVQConfig(chunk_size=4, capacity=3)
     out, state = ovq_attention(q, k, v, 2.0, config)
-    from memory.op import l2_normalise
+    from ovq.memory.op import l2_normalise
 
     _, state0 = ovq_attention(q[:, :, :4], k[:, :, :4], v[:, :, :4], 2.0, config)
     n = state0.size
@@ -84,7 +84,7 @@ def test_new_slots_are_seeded_by_least_covered_tokens_in_order_of_coverage():
     v = torch.arange(24, dtype=torch.float64).reshape(1, 1, 8, 3)
     config = OVQConfig(chunk_size=4, capacity=6, schedule="linear")
     _, state = ovq_attention(k, k, v, 1.0, config)  # S(4)=4, S(8)=6: chunk 1 opens 2 slots
-    from memory.op import l2_normalise
+    from ovq.memory.op import l2_normalise
 
     kn = l2_normalise(k)[0, 0]
     assert state.size == 6

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import msgpack
-
-from snapshots.errors import SnapshotNotFound
-from snapshots.store import SnapshotStore
+from ovq.snapshots.errors import SnapshotNotFound
+from ovq.snapshots.store import SnapshotStore
 
 TINY_MAP = 1 << 20  # small, so that the map grows while other processes use it
 

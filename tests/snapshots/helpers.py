@@ -3,9 +3,8 @@
 import struct
 
 import torch
-
-from snapshots import codec
-from snapshots.frame import DIGEST_SIZE, HEADER_SIZE, frame
+from ovq.snapshots import codec
+from ovq.snapshots.frame import DIGEST_SIZE, HEADER_SIZE, frame
 
 FP = "0123456789abcdef" * 4  # a SHA-256-like fingerprint
 

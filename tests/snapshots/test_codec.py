@@ -13,16 +13,16 @@ import torch
 import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
-
-from snapshots import codec
-from snapshots.errors import (
+from ovq.snapshots import codec
+from ovq.snapshots.errors import (
     ChecksumError,
     CorruptSnapshot,
     FingerprintMismatch,
     SnapshotError,
     VersionError,
 )
-from snapshots.frame import SHA256, frame
+from ovq.snapshots.frame import SHA256, frame
+
 from tests.snapshots.helpers import FP, body_of, make_snapshot, reframe, v2_body
 
 DATA = Path(__file__).parent / "data"
@@ -403,10 +403,11 @@ def test_bad_migration_output_is_caught(fresh_migrations, snapshot):
 def test_package_imports_no_model_code_and_store_needs_no_torch():
     root = Path(__file__).resolve().parents[2]
     script = (
-        "import sys, snapshots.store, snapshots.errors\n"
+        "import sys, ovq.snapshots.store, ovq.snapshots.errors\n"
         "assert 'torch' not in sys.modules, 'the store must load without torch'\n"
-        "import snapshots.codec\n"
-        "bad = {m for m in sys.modules if m.split('.')[0] in ('agent', 'memory', 'kernels', 'tui')}\n"
+        "import ovq.snapshots.codec\n"
+        "model_code = ('ovq.agent', 'ovq.memory', 'ovq.kernels', 'ovq.tui')\n"
+        "bad = [m for m in sys.modules if m.startswith(model_code)]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=root, check=True)

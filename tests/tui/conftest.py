@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-
-from agent.checkpoint import save_model
-from agent.model import HybridLM, ModelConfig
-from agent.session import Runtime
-from agent.tasks import make_task
-from agent.tokenizer import Tokenizer
+from ovq.agent.model.checkpoint import save_model
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
+from ovq.agent.runtime.session import Runtime
+from ovq.agent.tasks import make_task
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,15 @@ layout, bindings. Each test uses its own session name in one shared store."""
 import time
 
 import pytest
+from ovq.agent.model.generate import SamplingConfig
+from ovq.agent.runtime.session import Runtime
+from ovq.tui.app import OvqApp, run
+from ovq.tui.chat import ChatLog, TurnView
+from ovq.tui.help import HelpScreen
+from ovq.tui.panels import MemoryPanel, ProbePanel, head_rows, layer_rows, summary_rows
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
-from agent.generate import SamplingConfig
-from agent.session import Runtime
 from tests.tui.helpers import async_test, settle, wait_exit, wait_for
-from tui.app import OvqApp, run
-from tui.chat import ChatLog, TurnView
-from tui.help import HelpScreen
-from tui.panels import MemoryPanel, ProbePanel, head_rows, layer_rows, summary_rows
 
 SIZE = (80, 24)
 SAMPLING = SamplingConfig(temperature=1.0, max_tokens=16)  # greedy replies of a random model are empty

@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from agent.session import Runtime
+from ovq.agent.runtime.session import Runtime
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -58,7 +57,7 @@ class Tmux:
 
 def test_chat_in_a_real_terminal(model_dir, tmp_path):
     store = tmp_path / "store"
-    command = [sys.executable, "-m", "agent.cli", "chat", "--model", str(model_dir), "--store", str(store)]
+    command = [sys.executable, "-m", "ovq", "chat", "--model", str(model_dir), "--store", str(store)]
     command += ["--session", "e2e", "--temperature", "1", "--max-tokens", "16"]
     tmux = Tmux(100, 30, command)
     try:

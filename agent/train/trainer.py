@@ -21,13 +21,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from ovq.agent.model.checkpoint import load_model, save_model
+from ovq.agent.model.hybrid import HybridLM, ModelConfig, layer_kinds
+from ovq.agent.model.tokenizer import BOS, PAD, Tokenizer
+from ovq.agent.tasks import answer_token_mask, derive_seed
+from ovq.agent.train.config import SHAPE, TrainConfig, parse_mix, parse_ovq
 from safetensors.torch import load_file, save_file
-
-from agent.checkpoint import load_model, save_model
-from agent.model import HybridLM, ModelConfig, layer_kinds
-from agent.tasks import answer_token_mask, derive_seed
-from agent.tokenizer import BOS, PAD, Tokenizer
-from agent.train_config import SHAPE, TrainConfig, parse_mix, parse_ovq
 
 TRAIN_STATE, OPTIM = "train_state.json", "optimizer.safetensors"
 

@@ -12,24 +12,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-from agent.checkpoint import LoadedModel, load_model
-from agent.generate import CancelToken, SamplingConfig, generate_tokens, stream_text
-from agent.model import ModelState
-from agent.persist import default_store_path, make_snapshot, restore_state
-from agent.probes import ProbeReport, ProbeSuite, load_suite, run_probe
-from agent.tasks.base import TURN_SEP
-from agent.text import clean, segments
-from agent.tokenizer import ASSISTANT, END, USER
-from memory import OVQState
-from memory.stats import memory_stats
-from snapshots import CorruptSnapshot, FingerprintMismatch, SnapshotError, decode, encode_parts
-from snapshots.store import SnapshotInfo, SnapshotStore
+from ovq.agent.eval.probes import ProbeReport, ProbeSuite, load_suite, run_probe
+from ovq.agent.model.checkpoint import LoadedModel, load_model
+from ovq.agent.model.generate import CancelToken, SamplingConfig, generate_tokens, stream_text
+from ovq.agent.model.hybrid import ModelState
+from ovq.agent.model.tokenizer import ASSISTANT, END, USER
+from ovq.agent.runtime.persist import default_store_path, make_snapshot, restore_state
+from ovq.agent.runtime.text import clean, segments
+from ovq.agent.tasks.base import TURN_SEP
+from ovq.memory import OVQState
+from ovq.memory.stats import memory_stats
+from ovq.snapshots import CorruptSnapshot, FingerprintMismatch, SnapshotError, decode, encode_parts
+from ovq.snapshots.store import SnapshotInfo, SnapshotStore
 
 KEEP_LAST = 32  # snapshots kept per session, besides labelled ones
 FEED_TOKENS = 2048  # tokens per forward while feeding: bounds activation memory for any input size
@@ -131,30 +130,44 @@ class Session:
         return self.state.pos
 
     # ---- feeding
-    def feed(self, text: str, role: str | None = None) -> int:
+    def feed(
+        self, text: str, role: str | None = None, on_forward: Callable[[int], None] | None = None
+    ) -> int:
         """Append `text` to the stream (wrapped as a turn of `role` if given). Returns tokens fed.
-        Any size: it is tokenised and fed in bounded pieces."""
+        Any size: it is tokenised and fed in bounded pieces of at most FEED_TOKENS tokens.
+        `on_forward(tokens fed so far)` runs after each piece, holding the session's lock: it may
+        save (a snapshot inside a turn holds the tokens fed so far; the transcript lists the turn
+        once it is whole)."""
         text = self._check_text(text)
         if role is not None:
             if role not in ("user", "assistant", "observation"):
                 raise ValueError(f"role must be user, assistant or observation, got {role!r}")
             text = self.runtime.model.config.chat.turn(f"<|{role}|>", text)
         with self.lock:
-            fed = sum(self.feed_ids(self.runtime.tokenizer.encode(part)) for part in segments(text))
+            fed = 0
+            for part in segments(text):
+                ids = self.runtime.tokenizer.encode(part)
+                for a in range(0, len(ids), FEED_TOKENS):
+                    fed += self.feed_ids(ids[a : a + FEED_TOKENS])
+                    if on_forward is not None:
+                        on_forward(fed)
             if role is not None:
                 self.transcript.turns.append(Turn(role, text))
             return fed
 
     def feed_ids(self, ids: list[int]) -> int:
         """Append token ids to the stream (bounded forwards)."""
-        vocab = self.runtime.tokenizer.vocab_size
-        # checked up front, not per forward: a bad id late in the list must not leave a half-fed stream
-        if any(not 0 <= i < vocab for i in ids):
-            raise ValueError(f"token ids must lie in [0, {vocab})")
+        self._check_ids(ids)
         with self.lock:
             for a in range(0, len(ids), FEED_TOKENS):
                 self._forward(ids[a : a + FEED_TOKENS])
             return len(ids)
+
+    def _check_ids(self, ids: list[int]) -> None:
+        vocab = self.runtime.tokenizer.vocab_size
+        # checked up front, not per forward: a bad id late in the list must not leave a half-fed stream
+        if any(not 0 <= i < vocab for i in ids):
+            raise ValueError(f"token ids must lie in [0, {vocab})")
 
     @torch.no_grad()
     def _forward(self, ids: list[int]) -> torch.Tensor:

@@ -17,10 +17,10 @@ import os
 from collections.abc import Sequence
 from statistics import mean
 
-from agent.attention import WindowState
-from agent.checkpoint import load_model
-from agent.evaluate import evaluate_recall
-from agent.tasks import make_task
+from ovq.agent.eval.recall import evaluate_recall
+from ovq.agent.model.attention import WindowState
+from ovq.agent.model.checkpoint import load_model
+from ovq.agent.tasks import make_task
 
 
 def state_bytes_at(states: list, tokens: int) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.tasks import BoundTask, make_chat_task
-from agent.tokenizer import chat_format
+from ovq.agent.model.tokenizer import chat_format
+from ovq.agent.tasks import BoundTask, make_chat_task
 
 # options that override the preset's shape
 SHAPE = ("layers", "ovq", "d_model", "n_heads", "window", "conv_kernel")
@@ -109,7 +109,7 @@ HELP = {
 
 def parse_ovq(spec: str):
     """ "L,N[,schedule]" -> memory.OVQConfig(chunk_size=L, capacity=N, schedule) (default plateau)."""
-    from memory.config import OVQConfig  # torch comes with it: only when a config is built
+    from ovq.memory.config import OVQConfig  # torch comes with it: only when a config is built
 
     parts = [p.strip() for p in spec.split(",")]
     if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[:2]):

@@ -23,8 +23,8 @@ import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from agent.generate import SamplingConfig
-from agent.tasks.filler import filler
+from ovq.agent.model.generate import SamplingConfig
+from ovq.agent.tasks.filler import filler
 
 SUITES_DIR = Path(__file__).parent / "probe_suites"
 MAX_DISTANCE = 1_000_000

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-
-from agent.model import HybridLM, ModelState
-from agent.tokenizer import Tokenizer
+from ovq.agent.model.hybrid import HybridLM, ModelState
+from ovq.agent.model.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ import tempfile
 import time
 
 import torch
-
-from agent.cli import add_capacity_option
-from agent.session import Runtime
-from agent.tasks import make_task
+from ovq.agent.cli.options import add_capacity_option
+from ovq.agent.runtime.session import Runtime
+from ovq.agent.tasks import make_task
 
 
 def _rss_bytes() -> int:
@@ -136,7 +135,7 @@ def speed_bench(runtime: Runtime, prefill: int = 16_384, generate: int = 256, re
     """Prefill tokens/s (a session fed `prefill` tokens in 2,048-token pieces) and generation tokens/s
     (greedy, one token per forward, never stopping early), each the median of `repeats` runs on a
     stream that already holds the prefill."""
-    from agent.generate import SamplingConfig, generate_tokens
+    from ovq.agent.model.generate import SamplingConfig, generate_tokens
 
     pool, model = _token_pool(runtime, prefill), runtime.model
     cfg = SamplingConfig(max_tokens=generate)

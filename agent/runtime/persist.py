@@ -7,18 +7,17 @@ import os
 from pathlib import Path
 
 import torch
-
-from agent.attention import WindowState
-from agent.conv import ConvState
-from agent.linear_attention import LinearState
-from agent.model import HybridLM, ModelState
-from memory import OVQState
-from snapshots import CorruptSnapshot, Snapshot
+from ovq.agent.model.attention import WindowState
+from ovq.agent.model.conv import ConvState
+from ovq.agent.model.hybrid import HybridLM, ModelState
+from ovq.agent.model.linear_attention import LinearState
+from ovq.memory import OVQState
+from ovq.snapshots import CorruptSnapshot, Snapshot
 
 
 def default_store_path() -> Path:
     """$OVQ_STORE, else the user data directory."""
-    from snapshots.store import default_path
+    from ovq.snapshots.store import default_path
 
     return Path(os.environ["OVQ_STORE"]) if os.environ.get("OVQ_STORE") else default_path()
 

@@ -11,11 +11,10 @@ import bisect
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-
-from agent.model import HybridLM
-from agent.tasks import Example, make_chat_task
-from agent.tasks.facts import KINDS, Pooled
-from agent.tokenizer import BOS, Tokenizer
+from ovq.agent.model.hybrid import HybridLM
+from ovq.agent.model.tokenizer import BOS, Tokenizer
+from ovq.agent.tasks import Example, make_chat_task
+from ovq.agent.tasks.facts import KINDS, Pooled
 
 BUCKETS = (0, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)  # token distance bucket edges
 

@@ -6,21 +6,13 @@ import argparse
 import os
 import sys
 
-from agent import __version__
+from ovq.agent.cli.options import add_capacity_option, add_common, add_global, finish, with_example
 
-
-def add_capacity_option(parser: argparse.ArgumentParser) -> None:
-    """--capacity, for every command that loads a model (here and in `ovq bench`)."""
-    parser.add_argument(
-        "--capacity",
-        type=int,
-        help="OVQ dictionary slots per head, replacing the model's own (more: longer recall, bigger state; "
-        "sessions resume only at the N that saved them)",
-    )
+from ovq import __version__
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from tui.app import run
+    from ovq.tui.app import run
 
     try:
         return run(
@@ -40,8 +32,8 @@ def _chat(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from agent.train import train
-    from agent.train_config import TrainConfig
+    from ovq.agent.train.config import TrainConfig
+    from ovq.agent.train.trainer import train
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     try:  # options, a shape the model refuses, or a run whose saved state disagrees: one line, exit 2
@@ -57,7 +49,7 @@ def _train(args: argparse.Namespace) -> int:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from dataclasses import MISSING, fields
 
-    from agent.train_config import HELP, TrainConfig  # torch-free: every `ovq` command builds this parser
+    from ovq.agent.train.config import HELP, TrainConfig  # torch-free: every `ovq` command builds this parser
 
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -77,11 +69,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
+    from ovq.agent.eval.recall import evaluate_recall
+    from ovq.agent.model.checkpoint import load_model
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from agent.checkpoint import load_model
-    from agent.evaluate import evaluate_recall
 
     try:
         n, seed = _int_list("--n", args.n), _int_list("--seed", args.seed)
@@ -117,7 +108,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _eval_compare(args: argparse.Namespace) -> int:
     import json
 
-    from agent.compare import compare, merge, plot, to_markdown
+    from ovq.agent.eval.compare import compare, merge, plot, to_markdown
 
     try:
         if not (args.models or args.merge):
@@ -182,11 +173,10 @@ def _read_compare_json(path: str) -> dict:
 def _probe(args: argparse.Namespace) -> int:
     import json
 
+    from ovq.agent.eval.probes import load_suite
+    from ovq.agent.runtime.session import Runtime
     from rich.console import Console
     from rich.table import Table
-
-    from agent.probes import load_suite
-    from agent.session import Runtime
 
     try:
         suite = load_suite(args.suite)
@@ -212,14 +202,19 @@ def _probe(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+FEED_BLOCK_CHARS = 16_384  # read at a time: the progress bar's byte count moves at least this often
+
+
 def _feed(args: argparse.Namespace) -> int:
     import io
     import os
 
+    from ovq.agent.runtime.session import Runtime
     from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from agent.session import Runtime
-
+    if args.save_every < 1:
+        print(f"ovq feed: --save-every must be >= 1, got {args.save_every}", file=sys.stderr)
+        return 2
     try:
         runtime = Runtime.load(args.model, args.store, capacity=args.capacity)
         session = runtime.session(args.session)
@@ -230,42 +225,46 @@ def _feed(args: argparse.Namespace) -> int:
     size = None if args.file == "-" else os.path.getsize(args.file)
     # invalid UTF-8 is replaced, never fatal; reading in blocks keeps memory constant for any input
     text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-    fed = since_save = 0
     columns = (
         TextColumn("feed"),
         BarColumn(),
         TransferSpeedColumn(),
         TextColumn("{task.fields[tokens]:,} tokens"),
     )
+    fed = 0  # tokens fed by the blocks before the current one
+    last_save = session.tokens_seen
     with raw, Progress(*columns, disable=args.quiet) as bar:
         task = bar.add_task("feed", total=size, tokens=0)
+
+        def after_forward(n: int) -> None:  # n: tokens of the current block fed so far
+            nonlocal last_save
+            bar.update(task, tokens=fed + n)
+            if session.tokens_seen - last_save >= args.save_every:  # within one forward of the interval
+                info = session.save()
+                last_save = session.tokens_seen
+                if not args.quiet:
+                    bar.console.log(f"saved snapshot {info.id} at {last_save:,} tokens")
+
         while block := text.read(FEED_BLOCK_CHARS):
-            n = session.feed(block, role=args.role)
-            fed, since_save = fed + n, since_save + n
+            fed += session.feed(block, role=args.role, on_forward=after_forward)
             bar.update(task, completed=raw.tell() if size else None, tokens=fed)
-            if since_save >= args.save_every:
-                session.save()
-                since_save = 0
     if fed == 0:
         print("ovq feed: the input was empty; nothing was fed", file=sys.stderr)
         return 2
-    if since_save or args.label or session.snapshot_id is None:
+    if session.tokens_seen != last_save or args.label or session.snapshot_id is None:
         session.save(label=args.label)
     total = session.tokens_seen
     print(f"fed {fed:,} tokens into {session.name!r} ({total:,} in all); snapshot {session.snapshot_id}")
     return 0
 
 
-FEED_BLOCK_CHARS = 1 << 20
-
-
 def _snapshots(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from agent.persist import default_store_path
-    from snapshots import SnapshotError
-    from snapshots.store import SnapshotStore
+    from ovq.agent.runtime.persist import default_store_path
+    from ovq.snapshots import SnapshotError
+    from ovq.snapshots.store import SnapshotStore
 
     store = SnapshotStore(args.store or default_store_path())
     try:
@@ -298,7 +297,7 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     if args.suite in ("session", "snapshots", "speed"):
-        from agent import bench as runtime_bench
+        from ovq.agent.cli import bench as runtime_bench
 
         try:
             runtime_bench.main(args.suite, args.rest)
@@ -307,9 +306,9 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
         return 0
     if args.suite == "memory":
-        from memory import bench
+        from ovq.memory import bench
     else:
-        from kernels import bench
+        from ovq.kernels import bench
     bench.main(args.rest)
     return 0
 
@@ -318,15 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ovq",
         description="Streaming continual-memory runtime: a hybrid SWA + OVQ model with bounded memory.",
+        **with_example("ovq chat --session trip-planning"),
     )
     p.add_argument("--version", action="version", version=f"ovq {__version__}")
+    add_global(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    session = {"model": None, "store": None, "session": "default"}
 
-    chat = sub.add_parser("chat", help="chat in the terminal (Textual UI) on the default model")
-    chat.add_argument("--session", default="default", help="session name (resumed if it exists)")
-    chat.add_argument("--model", help="model directory (default: the shipped model)")
+    chat = sub.add_parser(
+        "chat",
+        help="chat in the terminal (Textual UI) on the default model",
+        **with_example("ovq chat --session trip-planning --temperature 0.7"),
+    )
+    add_common(chat, session)
     add_capacity_option(chat)
-    chat.add_argument("--store", help="snapshot store path (default: $OVQ_STORE or the user data directory)")
     chat.add_argument(
         "--autosave-tokens", type=int, default=4096, help="also save every this many tokens (0: only on quit)"
     )
@@ -338,17 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a hybrid model on the task mix (resumes if OUT holds a checkpoint)",
         description="Train a model; run under `torchrun --nproc-per-node N` for several GPUs or processes.",
+        **with_example("ovq train --preset small --out runs/small --steps 2000"),
     )
     _add_train_args(train)
     train.set_defaults(func=_train)
 
-    ev = sub.add_parser("eval", help="evaluate models: exact-match recall by distance, or side by side")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate models: exact-match recall by distance, or side by side",
+        **with_example("ovq eval recall --preset test_2k_16k --n 40 --json recall.json"),
+    )
     ev.add_argument(
         "what",
         choices=["recall", "compare"],
         help="recall: one model on fresh task examples; compare: --models at each of --lengths",
     )
-    ev.add_argument("--model", help="model directory (default: the shipped model)")
+    add_common(ev, {"model": None})
     add_capacity_option(ev)
     ev.add_argument(
         "--models",
@@ -386,45 +395,82 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser(
         "probe",
         help="run a recall probe suite on a fork of a session (exit 1 below the suite's threshold)",
+        **with_example("ovq probe basic --session trip-planning --json report.json"),
     )
     probe.add_argument("suite", help="a suite TOML file, or a shipped suite name (e.g. basic)")
-    probe.add_argument("--model", help="model directory (default: the shipped model)")
+    add_common(probe, session, session="session to fork (a fresh one if new)")
     add_capacity_option(probe)
-    probe.add_argument("--session", default="default", help="session to fork (a fresh one if new)")
-    probe.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     probe.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
     probe.set_defaults(func=_probe)
 
-    feed = sub.add_parser("feed", help="stream a file (or - for stdin) of any size into a session, then save")
+    feed = sub.add_parser(
+        "feed",
+        help="stream a file (or - for stdin) of any size into a session, then save",
+        **with_example("ovq feed meeting-notes.txt --session work --role observation --save-every 20000"),
+    )
     feed.add_argument("file", help="text file, or - for standard input")
-    feed.add_argument("--session", default="default")
-    feed.add_argument("--model", help="model directory (default: the shipped model)")
+    add_common(feed, session)
     add_capacity_option(feed)
-    feed.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
     feed.add_argument(
-        "--role", choices=["user", "observation"], help="wrap each block as a turn of this role"
+        "--role",
+        choices=["user", "observation"],
+        help=f"wrap each block of {FEED_BLOCK_CHARS:,} characters as a turn of this role",
     )
     feed.add_argument("--label", help="label of the final snapshot (kept by retention)")
-    feed.add_argument("--save-every", type=int, default=100_000, help="also save every this many tokens")
-    feed.add_argument("--quiet", action="store_true", help="no progress bar")
+    feed.add_argument(
+        "--save-every",
+        type=int,
+        default=100_000,
+        help="also save every this many tokens (checked after each forward of at most 2,048 tokens)",
+    )
+    feed.add_argument("--quiet", action="store_true", help="no progress bar and no save lines")
     feed.set_defaults(func=_feed)
 
-    snaps = sub.add_parser("snapshots", help="list, show, export, import or remove snapshots")
-    snaps.add_argument("--store", help="snapshot store (default: $OVQ_STORE or the user data directory)")
+    snaps = sub.add_parser(
+        "snapshots",
+        help="list, show, export, import or remove snapshots",
+        **with_example("ovq snapshots list --session trip-planning"),
+    )
+    add_common(snaps, {"store": None})
     acts = snaps.add_subparsers(dest="action", metavar="ACTION", required=True)
-    ls = acts.add_parser("list", help="snapshots, newest last")
-    ls.add_argument("--session", help="only this session")
-    acts.add_parser("show", help="one snapshot's record").add_argument("id", type=int)
-    ex = acts.add_parser("export", help="write one snapshot as a single portable file")
+    ls = acts.add_parser(
+        "list",
+        help="snapshots, newest last",
+        **with_example("ovq snapshots list --session work --store ~/ovq"),
+    )
+    add_common(ls, {"store": None, "session": None}, session="only this session")
+    show = acts.add_parser("show", help="one snapshot's record", **with_example("ovq snapshots show 42"))
+    show.add_argument("id", type=int)
+    add_common(show, {"store": None})
+    ex = acts.add_parser(
+        "export",
+        help="write one snapshot as a single portable file",
+        **with_example("ovq snapshots export 42 work-2026-12-03.ovqs"),
+    )
     ex.add_argument("id", type=int)
     ex.add_argument("path")
-    im = acts.add_parser("import", help="import a portable file as a new snapshot")
+    add_common(ex, {"store": None})
+    im = acts.add_parser(
+        "import",
+        help="import a portable file as a new snapshot",
+        **with_example("ovq snapshots import work-2026-12-03.ovqs --session work-copy"),
+    )
     im.add_argument("path")
-    im.add_argument("--session", help="session to import into (default: the exported one)")
-    acts.add_parser("rm", help="delete a snapshot and free unreferenced blobs").add_argument("id", type=int)
+    add_common(
+        im, {"store": None, "session": None}, session="session to import into (default: the exported one)"
+    )
+    rm = acts.add_parser(
+        "rm", help="delete a snapshot and free unreferenced blobs", **with_example("ovq snapshots rm 42")
+    )
+    rm.add_argument("id", type=int)
+    add_common(rm, {"store": None})
     snaps.set_defaults(func=_snapshots)
 
-    bench = sub.add_parser("bench", help="benchmarks, printed as JSON")
+    bench = sub.add_parser(
+        "bench",
+        help="benchmarks, printed as JSON",
+        **with_example("ovq bench speed --tokens 8192 --generate 128"),
+    )
     bench.add_argument(
         "suite",
         choices=["memory", "kernels", "session", "snapshots", "speed"],
@@ -432,13 +478,28 @@ def build_parser() -> argparse.ArgumentParser:
         "session: a 1M-token soak; snapshots: save/restore vs raw LMDB; speed: prefill and generation tok/s",
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite (see its --help)")
-    bench.set_defaults(func=_bench)
+    bench.set_defaults(func=_bench, _common={})
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "bench":  # its suites parse their own options: hand them the ones given before
+        args.rest = _forward_common(parser, args)
+    return args.func(finish(parser, args, args.command))
+
+
+def _forward_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    given = [name for name in ("model", "store", "session") if hasattr(args, name)]
+    if given and args.suite in ("memory", "kernels"):
+        parser.error(f"ovq bench {args.suite} does not take --{given[0]}")
+    if "session" in given:
+        parser.error("ovq bench does not take --session (each suite uses a temporary session)")
+    forwarded = [x for name in given for x in (f"--{name}", getattr(args, name))]
+    for name in given:
+        delattr(args, name)
+    return forwarded + args.rest
 
 
 if __name__ == "__main__":

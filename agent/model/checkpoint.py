@@ -12,13 +12,31 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.tokenizer import Tokenizer
 from safetensors.torch import load_file, save_file
 
-from agent.model import HybridLM, ModelConfig
-from agent.tokenizer import Tokenizer
-
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"  # the shipped model (package data)
+SHIPPED_DIR = Path(__file__).parents[1] / "shipped"  # models that ship as package data, by name
+DEFAULT_MODEL_DIR = SHIPPED_DIR / "tiny"
+
+
+def shipped_models() -> list[str]:
+    return (
+        sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / CONFIG).is_file())
+        if SHIPPED_DIR.is_dir()
+        else []
+    )
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """None -> the default model; a shipped model's name (`tiny`) -> its directory, unless a directory
+    of that name exists where the user stands (their path wins); anything else -> itself."""
+    if path is None:
+        return DEFAULT_MODEL_DIR
+    if isinstance(path, str) and path in shipped_models() and not Path(path).exists():
+        return SHIPPED_DIR / path
+    return Path(path)
 
 
 @dataclass
@@ -55,7 +73,8 @@ def save_model(model: HybridLM, tokenizer: Tokenizer, path: str | Path) -> Path:
 def load_model(
     path: str | Path | None = None, device: str | torch.device = "cpu", capacity: int | None = None
 ) -> LoadedModel:
-    """Load a model directory (None: the shipped default model); raises FileNotFoundError /
+    """Load a model directory (None: the shipped default model; a shipped model's name such as `tiny`
+    for that one); raises FileNotFoundError /
     ValueError naming what is wrong.
 
     `capacity` replaces the OVQ dictionary size N of the saved config. The weights do not depend on
@@ -67,7 +86,10 @@ def load_model(
             f"no default model in this installation ({DEFAULT_MODEL_DIR} lacks {WEIGHTS}); "
             "pass a model directory from `ovq train`"
         )
-    path = Path(DEFAULT_MODEL_DIR if path is None else path)
+    path = resolve_model_path(path)
+    if not path.is_dir():
+        known = ", ".join(shipped_models()) or "none"
+        raise FileNotFoundError(f"no model directory at {path} (shipped models by name: {known})")
     for name in (WEIGHTS, CONFIG, TOKENIZER):
         if not (path / name).is_file():
             raise FileNotFoundError(f"model directory {path} lacks {name}")

@@ -1,0 +1,3 @@
+from ovq.agent.cli.main import main
+
+raise SystemExit(main())
