@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
 from ovq.kernels import _triton
 from ovq.kernels.assign import coverage_assign_torch, coverage_assign_triton
 from ovq.kernels.chunk_read import chunk_read_torch, chunk_read_triton

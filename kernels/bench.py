@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from ovq.kernels import get_ops
 
 

@@ -15,6 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+
 from ovq.memory.config import OVQConfig
 from ovq.memory.op import ovq_attention
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
 from ovq.memory.config import OVQConfig
 from ovq.memory.op import ovq_attention
 from ovq.memory.state import OVQState
-from torch import nn
 
 
 class OVQAttention(nn.Module):

@@ -7,10 +7,10 @@ chunk step is three ops from kernels/: read, coverage+assignment, fold.
 from __future__ import annotations
 
 import torch
-from ovq.memory.config import OVQConfig
-from ovq.memory.state import OVQState
 
 from ovq import kernels
+from ovq.memory.config import OVQConfig
+from ovq.memory.state import OVQState
 
 EPS = 1e-6  # floor of the L2 norm of q and k
 

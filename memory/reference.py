@@ -5,6 +5,7 @@ The fast op is checked against `reference_ovq_attention`; S(t) is `OVQConfig.siz
 import math
 
 import torch
+
 from ovq.memory.config import OVQConfig
 
 

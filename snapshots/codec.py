@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 import torch
 import xxhash
+
 from ovq.snapshots.errors import (
     ChecksumError,
     CorruptSnapshot,

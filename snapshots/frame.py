@@ -26,6 +26,7 @@ from typing import Any
 
 import blake3
 import msgpack
+
 from ovq.snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotError
 
 _HEADER = struct.Struct("<4sHBBQ")

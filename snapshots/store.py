@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import lmdb
 import msgpack
 import platformdirs
+
 from ovq.snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotNotFound, VersionError
 from ovq.snapshots.frame import declared_digest, digest_matches, frame, unframe, unpack
 

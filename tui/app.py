@@ -20,9 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ovq.tui.chat import ChatLog, HistoryInput, TurnView, turn_text
-from ovq.tui.help import HelpScreen
-from ovq.tui.panels import MemoryPanel, ProbePanel, SnapshotPanel, fmt_rate, summary_text
 from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -31,6 +28,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
+
+from ovq.tui.chat import ChatLog, HistoryInput, TurnView, turn_text
+from ovq.tui.help import HelpScreen
+from ovq.tui.panels import MemoryPanel, ProbePanel, SnapshotPanel, fmt_rate, summary_text
 
 if TYPE_CHECKING:
     from ovq.agent.model.generate import CancelToken, SamplingConfig

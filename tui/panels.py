@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ovq.tui.chat import printable
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,6 +13,8 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, DataTable, Input, Static
+
+from ovq.tui.chat import printable
 
 # ---- formatting (pure functions: the tests compare them with `Session.stats()`)
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 import torch
+
 from ovq.agent.cli.options import add_capacity_option
 from ovq.agent.runtime.session import Runtime
 from ovq.agent.tasks import make_task

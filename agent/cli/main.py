@@ -6,9 +6,8 @@ import argparse
 import os
 import sys
 
-from ovq.agent.cli.options import add_capacity_option, add_common, add_global, finish, with_example
-
 from ovq import __version__
+from ovq.agent.cli.options import add_capacity_option, add_common, add_global, finish, with_example
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -69,10 +68,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
 def _eval(args: argparse.Namespace) -> int:
     import json
 
-    from ovq.agent.eval.recall import evaluate_recall
-    from ovq.agent.model.checkpoint import load_model
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ovq.agent.eval.recall import evaluate_recall
+    from ovq.agent.model.checkpoint import load_model
 
     try:
         n, seed = _int_list("--n", args.n), _int_list("--seed", args.seed)
@@ -173,10 +173,11 @@ def _read_compare_json(path: str) -> dict:
 def _probe(args: argparse.Namespace) -> int:
     import json
 
-    from ovq.agent.eval.probes import load_suite
-    from ovq.agent.runtime.session import Runtime
     from rich.console import Console
     from rich.table import Table
+
+    from ovq.agent.eval.probes import load_suite
+    from ovq.agent.runtime.session import Runtime
 
     try:
         suite = load_suite(args.suite)
@@ -209,8 +210,10 @@ def _feed(args: argparse.Namespace) -> int:
     import io
     import os
 
-    from ovq.agent.runtime.session import Runtime
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from ovq.agent.runtime.session import Runtime
 
     if args.save_every < 1:
         print(f"ovq feed: --save-every must be >= 1, got {args.save_every}", file=sys.stderr)
@@ -233,7 +236,8 @@ def _feed(args: argparse.Namespace) -> int:
     )
     fed = 0  # tokens fed by the blocks before the current one
     last_save = session.tokens_seen
-    with raw, Progress(*columns, disable=args.quiet) as bar:
+    # stderr: stdout carries the result line; one line per save tells where a killed feed can resume
+    with raw, Progress(*columns, console=Console(stderr=True), disable=args.quiet) as bar:
         task = bar.add_task("feed", total=size, tokens=0)
 
         def after_forward(n: int) -> None:  # n: tokens of the current block fed so far
@@ -243,7 +247,7 @@ def _feed(args: argparse.Namespace) -> int:
                 info = session.save()
                 last_save = session.tokens_seen
                 if not args.quiet:
-                    bar.console.log(f"saved snapshot {info.id} at {last_save:,} tokens")
+                    bar.console.print(f"saved snapshot {info.id} at {last_save} tokens")
 
         while block := text.read(FEED_BLOCK_CHARS):
             fed += session.feed(block, role=args.role, on_forward=after_forward)
@@ -482,12 +486,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as the verb sees it: common options gathered from wherever they were typed."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "bench":  # its suites parse their own options: hand them the ones given before
         args.rest = _forward_common(parser, args)
-    return args.func(finish(parser, args, args.command))
+    return finish(parser, args, args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return args.func(args)
 
 
 def _forward_common(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:

@@ -11,6 +11,7 @@ import bisect
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
+
 from ovq.agent.model.hybrid import HybridLM
 from ovq.agent.model.tokenizer import BOS, Tokenizer
 from ovq.agent.tasks import Example, make_chat_task

@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer
-from safetensors.torch import load_file, save_file
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
 SHIPPED_DIR = Path(__file__).parents[1] / "shipped"  # models that ship as package data, by name

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
 from ovq.agent.model.hybrid import HybridLM, ModelState
 from ovq.agent.model.tokenizer import Tokenizer
 

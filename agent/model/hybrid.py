@@ -17,13 +17,14 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from ovq.agent.model.attention import WindowAttention, WindowState
 from ovq.agent.model.conv import ConvState, ShortConv
 from ovq.agent.model.linear_attention import GatedLinearAttention, LinearState
 from ovq.agent.model.tokenizer import ChatFormat, chat_format
 from ovq.memory import OVQConfig, OVQState
 from ovq.memory.layer import OVQAttention
-from torch import nn
 
 LAYER_KINDS = ("swa", "ovq", "full", "nope", "linear", "conv")
 

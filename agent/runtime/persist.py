@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+
 from ovq.agent.model.attention import WindowState
 from ovq.agent.model.conv import ConvState
 from ovq.agent.model.hybrid import HybridLM, ModelState

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
 from ovq.agent.eval.probes import ProbeReport, ProbeSuite, load_suite, run_probe
 from ovq.agent.model.checkpoint import LoadedModel, load_model
 from ovq.agent.model.generate import CancelToken, SamplingConfig, generate_tokens, stream_text

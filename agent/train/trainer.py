@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
 from ovq.agent.model.checkpoint import load_model, save_model
 from ovq.agent.model.hybrid import HybridLM, ModelConfig, layer_kinds
 from ovq.agent.model.tokenizer import BOS, PAD, Tokenizer
 from ovq.agent.tasks import answer_token_mask, derive_seed
 from ovq.agent.train.config import SHAPE, TrainConfig, parse_mix, parse_ovq
-from safetensors.torch import load_file, save_file
 
 TRAIN_STATE, OPTIM = "train_state.json", "optimizer.safetensors"
 

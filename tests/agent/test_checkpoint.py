@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+
 from ovq.agent.model.checkpoint import fingerprint, load_model, save_model
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer

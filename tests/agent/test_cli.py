@@ -6,7 +6,8 @@ import sys
 
 import pytest
 import torch
-from ovq.agent.cli.main import main
+
+from ovq.agent.cli.main import main, parse_args
 from ovq.agent.model.checkpoint import save_model
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer
@@ -138,3 +139,111 @@ def test_the_cli_starts_without_importing_torch():
     code = "import sys; from ovq.agent.cli.main import build_parser as b; b(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+# -- options where people type them ------------------------------------------------------------------
+
+# verb argv (without the common options) and the common options it takes
+VERBS = {
+    "chat": (["chat"], ("model", "store", "session")),
+    "probe": (["probe", "basic"], ("model", "store", "session")),
+    "feed": (["feed", "notes.txt"], ("model", "store", "session")),
+    "eval": (["eval", "recall"], ("model",)),
+    "snapshots list": (["snapshots", "list"], ("store", "session")),
+    "snapshots show": (["snapshots", "show", "3"], ("store",)),
+    "snapshots export": (["snapshots", "export", "3", "out.ovqs"], ("store",)),
+    "snapshots import": (["snapshots", "import", "out.ovqs"], ("store", "session")),
+    "snapshots rm": (["snapshots", "rm", "3"], ("store",)),
+}
+VALUES = {"model": "runs/m", "store": "/tmp/s", "session": "work"}
+
+
+def _parsed(argv):
+    args = vars(parse_args(argv))
+    args.pop("func")
+    return args
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_common_options_mean_the_same_before_the_verb_and_after_its_action(verb):
+    core, names = VERBS[verb]
+    options = [x for n in names for x in (f"--{n}", VALUES[n])]
+    after = _parsed([*core, *options])
+    assert {n: after[n] for n in names} == {n: VALUES[n] for n in names}
+    assert _parsed([*options, *core]) == after
+    if core[0] == "snapshots":  # between the verb and its action too
+        store = ["--store", VALUES["store"]]
+        rest = [x for n in names if n != "store" for x in (f"--{n}", VALUES[n])]
+        assert _parsed(["snapshots", *store, *core[1:], *rest]) == after
+    plain = _parsed(core)  # not typed: the verb's own defaults
+    assert plain["store"] is None if "store" in names else "store" not in plain
+    if "session" in names:
+        assert plain["session"] == ("default" if core[0] != "snapshots" else None)
+
+
+def test_an_option_given_to_a_verb_that_does_not_take_it_is_refused(capsys):
+    for argv, says in [
+        (["--session", "x", "train", "--out", "o"], "ovq train does not take --session"),
+        (["--store", "s", "eval", "recall"], "ovq eval does not take --store"),
+        (["--model", "m", "bench", "memory"], "ovq bench memory does not take --model"),
+        (["--session", "x", "snapshots", "show", "1"], "ovq snapshots does not take --session"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            parse_args(argv)
+        assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_snapshots_list_takes_the_store_after_the_action(model_dir, tmp_path, capsys):
+    """The reported bug: `ovq snapshots list --store D` said 'unrecognized arguments'."""
+    store = str(tmp_path / "store")
+    notes = tmp_path / "n.txt"
+    notes.write_text("The staging key is 7F3A. " * 20)
+    assert (
+        main(["feed", str(notes), "--quiet", "--model", model_dir, "--store", store, "--session", "n"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["snapshots", "list", "--store", store]) == 0
+    assert " n " in capsys.readouterr().out
+
+
+def test_bench_takes_the_model_before_the_verb(model_dir, capsys):
+    argv = ["--model", model_dir, "bench", "speed", "--tokens", "40", "--generate", "2", "--repeats", "1"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["prefill_tokens"] == 40
+
+
+HELP_COMMANDS = [[c] for c in COMMANDS] + [
+    ["snapshots", a] for a in ("list", "show", "export", "import", "rm")
+]
+
+
+@pytest.mark.parametrize("command", HELP_COMMANDS)
+def test_every_verbs_help_shows_an_example(command, capsys):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert f"example:\n  ovq {' '.join(command)}" in out
+
+
+# -- feed: saves inside a block ------------------------------------------------------------------------
+
+
+def test_feed_saves_every_n_tokens_within_one_forward_whatever_the_block(model_dir, tmp_path, capsys):
+    from ovq.agent.runtime.session import FEED_TOKENS
+    from ovq.snapshots.store import SnapshotStore
+
+    store = tmp_path / "store"
+    text = tmp_path / "log.txt"
+    text.write_text("".join(f"line {i}: the staging key is {i * 7919 % 10007}.\n" for i in range(700)))
+    argv = ["feed", str(text), "--model", model_dir, "--store", str(store), "--session", "log"]
+    assert main([*argv, "--save-every", "3000"]) == 0
+    err = capsys.readouterr().err
+    saves = [int(line.split(" at ")[1].split()[0]) for line in err.splitlines() if line.startswith("saved")]
+    infos = SnapshotStore(store).list("log")
+    tokens = [i.tokens_seen for i in infos]  # each save said so; a final one follows unless one just ran
+    assert tokens[: len(saves)] == saves and len(tokens) - len(saves) in (0, 1)
+    total = tokens[-1]
+    assert total > 5 * 3000 and len(saves) >= total // (3000 + FEED_TOKENS)
+    gaps = [b - a for a, b in zip([0, *saves], saves)]
+    assert all(3000 <= g < 3000 + FEED_TOKENS for g in gaps), gaps
+    assert main([*argv, "--save-every", "0"]) == 2

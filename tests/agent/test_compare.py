@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+
 from ovq.agent.cli.main import main as ovq_main
 from ovq.agent.eval.compare import compare, merge, parse_model, plot, to_markdown
 from ovq.agent.model.checkpoint import save_model

@@ -5,6 +5,7 @@ full `ovq eval recall` numbers; here a few fixed examples guard against shipping
 import re
 
 import pytest
+
 from ovq.agent.model.checkpoint import DEFAULT_MODEL_DIR, load_model
 from ovq.agent.runtime.session import Runtime
 

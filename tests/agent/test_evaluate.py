@@ -1,6 +1,7 @@
-import ovq.agent.eval.recall
 import pytest
 import torch
+
+import ovq.agent.eval.recall
 from ovq.agent.eval.recall import answer_records, evaluate_recall, score_example, seed_sets, summarise
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer

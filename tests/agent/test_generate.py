@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from ovq.agent.model.generate import CancelToken, SamplingConfig, generate_tokens, sample, stream_text
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ovq.agent.model.hybrid import LAYER_KINDS, HybridLM, ModelConfig
 
 V = 61

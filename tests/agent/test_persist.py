@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 import torch
+
 from ovq.agent.model.checkpoint import save_model
 from ovq.agent.model.generate import SamplingConfig
 from ovq.agent.model.hybrid import HybridLM, ModelConfig

@@ -1,4 +1,5 @@
 import pytest
+
 from ovq.agent.eval.probes import Probe, load_suite, parse_suite, shipped_suites
 
 

@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from ovq.agent.model.checkpoint import save_model
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer

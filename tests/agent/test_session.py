@@ -5,6 +5,7 @@ import threading
 
 import pytest
 import torch
+
 from ovq.agent.eval.probes import Probe, ProbeSuite, run_probe
 from ovq.agent.model.checkpoint import save_model
 from ovq.agent.model.generate import CancelToken, SamplingConfig

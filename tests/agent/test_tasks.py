@@ -7,6 +7,7 @@ from itertools import islice
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from ovq.agent.model.tokenizer import Tokenizer
 from ovq.agent.tasks import (
     TASKS,

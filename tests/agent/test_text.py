@@ -1,5 +1,6 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ovq.agent.model.tokenizer import Tokenizer
 from ovq.agent.runtime.text import clean, segments
 

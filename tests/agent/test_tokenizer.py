@@ -1,6 +1,7 @@
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from ovq.agent.model.tokenizer import ASSISTANT, END, SPECIAL_TOKENS, USER, Tokenizer
 
 CORPUS = [

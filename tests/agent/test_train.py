@@ -6,12 +6,13 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
 from ovq.agent.cli.main import main as ovq_main
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer
 from ovq.agent.tasks import make_task
 from ovq.agent.train.trainer import TrainConfig, make_batch, parse_mix, train
-from safetensors.torch import load_file
 
 TASKS = "icr@tiny:1,icl@tiny:1"
 

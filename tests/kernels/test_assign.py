@@ -3,8 +3,8 @@ exactly."""
 
 import pytest
 import torch
-from ovq.kernels.assign import coverage_assign_torch, coverage_assign_triton
 
+from ovq.kernels.assign import coverage_assign_torch, coverage_assign_triton
 from tests.kernels.helpers import CASES, Inputs, poisoned, requires_triton
 
 pytestmark = requires_triton

@@ -4,13 +4,13 @@ import subprocess
 import sys
 import warnings
 
-import ovq.memory.state
 import pytest
 import torch
+
+import ovq.memory.state
+from ovq import kernels
 from ovq.kernels import _triton
 from ovq.memory import OVQConfig, ovq_attention
-
-from ovq import kernels
 from tests.kernels.helpers import CASES, Inputs, poisoned, requires_triton, tol
 
 CONFIG = OVQConfig(chunk_size=16, capacity=37)

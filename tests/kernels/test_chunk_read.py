@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from ovq.kernels.chunk_read import chunk_read_torch, chunk_read_triton
 
+from ovq.kernels.chunk_read import chunk_read_torch, chunk_read_triton
 from tests.kernels.helpers import CASES, Inputs, poisoned, requires_triton, tol
 
 pytestmark = requires_triton

@@ -4,6 +4,7 @@ the same values and the same first index, ties and a ragged last block included.
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from ovq.kernels.assign import first_max
 
 

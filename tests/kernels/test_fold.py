@@ -3,9 +3,9 @@ place; untouched slots and rows past M bit for bit."""
 
 import pytest
 import torch
+
 from ovq.kernels.assign import coverage_assign_torch
 from ovq.kernels.fold import fold_update_torch, fold_update_triton
-
 from tests.kernels.helpers import CASES, Inputs, poisoned, requires_triton, tol
 
 pytestmark = requires_triton

@@ -1,9 +1,10 @@
 """Every OVQ state allocated inside memory/ tests is poisoned, so reading unwritten memory shows:
 float storage is NaN, counts are hugely negative (their log is NaN)."""
 
-import ovq.memory.state
 import pytest
 import torch
+
+import ovq.memory.state
 
 POISON_COUNT = -(2**40)
 

@@ -1,6 +1,7 @@
 """Shared inputs for memory tests."""
 
 import torch
+
 from ovq.memory.op import l2_normalise
 
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from ovq.memory import NonFiniteInputError, OVQConfig, OVQState, ovq_attention
 
+from ovq.memory import NonFiniteInputError, OVQConfig, OVQState, ovq_attention
 from tests.memory.helpers import assert_states_equal, qkv
 
 CONFIG = OVQConfig(chunk_size=4, capacity=8)

@@ -1,4 +1,5 @@
 import pytest
+
 from ovq.memory import PRESETS, OVQConfig, schedule_size
 
 

@@ -1,8 +1,8 @@
 """Gradients flow through the dictionary means into k and v (docs/ovq.md 4.5)."""
 
 import torch
-from ovq.memory import OVQConfig, ovq_attention
 
+from ovq.memory import OVQConfig, ovq_attention
 from tests.memory.helpers import qkv
 
 

@@ -4,10 +4,10 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from ovq.memory import OVQConfig, OVQState, ovq_attention
 from ovq.memory.op import l2_normalise
 from ovq.memory.reference import reference_ovq_attention
-
 from tests.memory.helpers import assert_states_equal, causal_attention, qkv
 
 

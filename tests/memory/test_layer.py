@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from ovq.memory import OVQConfig
 from ovq.memory.layer import OVQAttention
 

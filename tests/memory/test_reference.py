@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+
 from ovq.memory import OVQConfig, ovq_attention
 from ovq.memory.reference import reference_ovq_attention
-
 from tests.memory.helpers import causal_attention, qkv
 
 AWKWARD = [

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
+
 from ovq.memory import OVQConfig, OVQState, ovq_attention
 from ovq.memory.stats import memory_stats
-
 from tests.memory.helpers import qkv
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import msgpack
+
 from ovq.snapshots.errors import SnapshotNotFound
 from ovq.snapshots.store import SnapshotStore
 

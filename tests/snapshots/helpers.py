@@ -3,6 +3,7 @@
 import struct
 
 import torch
+
 from ovq.snapshots import codec
 from ovq.snapshots.frame import DIGEST_SIZE, HEADER_SIZE, frame
 

@@ -13,6 +13,7 @@ import torch
 import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
+
 from ovq.snapshots import codec
 from ovq.snapshots.errors import (
     ChecksumError,
@@ -22,7 +23,6 @@ from ovq.snapshots.errors import (
     VersionError,
 )
 from ovq.snapshots.frame import SHA256, frame
-
 from tests.snapshots.helpers import FP, body_of, make_snapshot, reframe, v2_body
 
 DATA = Path(__file__).parent / "data"

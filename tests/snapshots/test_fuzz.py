@@ -3,9 +3,9 @@
 import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from ovq.snapshots import codec
 from ovq.snapshots.errors import SnapshotError
-
 from tests.snapshots.helpers import FP, body_of, make_snapshot, reframe, v2_body
 
 BLOB = codec.encode(make_snapshot(n_layers=2))

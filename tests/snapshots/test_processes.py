@@ -12,10 +12,10 @@ from pathlib import Path
 
 import msgpack
 import pytest
+
 from ovq.snapshots import codec
 from ovq.snapshots import store as store_module
 from ovq.snapshots.store import SnapshotStore
-
 from tests.snapshots import _workers
 from tests.snapshots.helpers import FP, make_snapshot
 

@@ -8,11 +8,11 @@ import threading
 import lmdb
 import platformdirs
 import pytest
+
 from ovq.snapshots import codec
 from ovq.snapshots.errors import ChecksumError, CorruptSnapshot, SnapshotError, SnapshotNotFound
 from ovq.snapshots.frame import BLAKE3, SHA256, frame
 from ovq.snapshots.store import SnapshotStore, _open_env, default_path
-
 from tests.snapshots.helpers import FP, make_snapshot
 
 

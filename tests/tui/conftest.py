@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from ovq.agent.model.checkpoint import save_model
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.tokenizer import Tokenizer

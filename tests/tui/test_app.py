@@ -4,14 +4,14 @@ layout, bindings. Each test uses its own session name in one shared store."""
 import time
 
 import pytest
+from textual.widgets import DataTable, Input, Static, TabbedContent
+
 from ovq.agent.model.generate import SamplingConfig
 from ovq.agent.runtime.session import Runtime
 from ovq.tui.app import OvqApp, run
 from ovq.tui.chat import ChatLog, TurnView
 from ovq.tui.help import HelpScreen
 from ovq.tui.panels import MemoryPanel, ProbePanel, head_rows, layer_rows, summary_rows
-from textual.widgets import DataTable, Input, Static, TabbedContent
-
 from tests.tui.helpers import async_test, settle, wait_exit, wait_for
 
 SIZE = (80, 24)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from ovq.agent.runtime.session import Runtime
 
 REPO = Path(__file__).resolve().parents[2]
