@@ -1,0 +1,419 @@
+"""Bounded memory for a pretrained attention layer: sinks + an exact window + an OVQ dictionary.
+
+A pretrained layer keeps the attention it was trained with on what it can afford to keep exactly:
+the first S tokens of the stream (attention sinks) and the most recent tokens (at least W, at most
+W + L - 1). Tokens that leave the window are folded, a chunk of L at a time, into a per-(layer,
+KV head) dictionary of at most N key/value centroids (docs/ovq.md 4-5: plateau growth, seeds of
+least coverage, nearest assignment by cosine, exact cumulative means, counts). A query reads sinks,
+window and centroids in ONE softmax; a centroid's logit is s * q.mu_k + log(count_n), the mixture
+weight of the tokens it stands for. Query heads of a GQA group share their KV head's dictionary.
+
+Positions (the layer was trained with RoPE and a bounded context):
+- window keys are rotated by their absolute position, as the query is: their relative distances are
+  the trained ones, whatever the stream length (angles are computed in float64, so rotations at
+  position 10^9 are still accurate);
+- sinks sit at positions 0..S-1 and the query reads them from its position *in the cache*
+  (t - tokens dropped between sinks and window), as StreamingLLM does, so no distance ever exceeds
+  S + W + L;
+- centroids (key_space "pre_rope", the default) are means of un-rotated keys, read as if they lay
+  `read_distance` positions before the query (InfLLM's choice for its memory units); "post_rope"
+  averages rotated keys instead (measured in the model card, not the default).
+
+Which token a query at stream position t sees exactly (F(t): chunks folded before t):
+  memory layers:  sinks, and positions p with S + F(t)*L <= p <= t,
+                  F(t) = max(0, floor((t - S - W + 1) / L))
+  window layers:  sinks, and positions p with max(S, t - W + 1) <= p <= t  (StreamingLLM)
+  full:           every position (bounded by the checkpoint's context; a baseline)
+Chunk c (positions [S + cL, S + (c+1)L)) is folded right before query S + W - 1 + (c+1)L. Chunks are
+fixed by stream position, so any split of a stream into calls gives the same outputs and state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+import torch
+
+from ovq import kernels
+from ovq.memory.config import SCHEDULES, schedule_size
+
+Kind = Literal["memory", "window", "full"]
+KINDS = ("memory", "window", "full")
+KEY_SPACES = ("pre_rope", "post_rope")
+
+
+@dataclass(frozen=True)
+class RetrofitConfig:
+    """How a pretrained model's attention is bounded. Part of the model's fingerprint."""
+
+    kind: Kind = "memory"  # memory: window + dictionaries; window: StreamingLLM; full: no bound
+    sinks: int = 4  # S
+    window: int = 512  # W
+    chunk: int = 256  # L: tokens folded at a time (and the most a prefill segment holds)
+    capacity: int = 1024  # N: centroids per (layer, KV head)
+    memory_layers: str = "all"  # which layers carry a dictionary: all | every:K | 0,2,5 (others: window)
+    schedule: str = "plateau"  # dictionary growth, docs/ovq.md 5
+    key_space: str = "pre_rope"  # what a centroid averages: un-rotated keys, or rotated ones
+    read_distance: int | None = None  # pre_rope: centroids read as if this far back (None: W)
+    count_bias: float = 1.0  # alpha: a centroid's logit gains alpha * log(count)
+    count_cap: float | None = None  # log(count) capped here (None: no cap)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"retrofit kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("sinks", "window", "chunk", "capacity"):
+            v = getattr(self, name)
+            if (
+                isinstance(v, bool)
+                or not isinstance(v, int)
+                or v < (0 if name in ("sinks", "capacity") else 1)
+            ):
+                raise ValueError(
+                    f"retrofit {name} must be an int >= {0 if name in ('sinks', 'capacity') else 1}"
+                )
+        if self.kind == "memory" and self.capacity < 2:
+            raise ValueError("a memory retrofit needs capacity >= 2 (centroids per KV head)")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.key_space not in KEY_SPACES:
+            raise ValueError(f"key_space must be one of {KEY_SPACES}, got {self.key_space!r}")
+        if self.read_distance is not None and self.read_distance < 0:
+            raise ValueError("read_distance must be >= 0")
+        if self.count_bias < 0 or (self.count_cap is not None and self.count_cap < 0):
+            raise ValueError("count_bias and count_cap must be >= 0")
+        self.layer_mask(1)  # raises on a malformed memory_layers
+
+    def layer_mask(self, n_layers: int) -> list[bool]:
+        """Which of `n_layers` layers carry a dictionary."""
+        if self.kind != "memory":
+            return [False] * n_layers
+        spec = self.memory_layers.replace(" ", "")
+        if spec == "all":
+            return [True] * n_layers
+        if spec == "none":
+            return [False] * n_layers
+        if spec.startswith("every:") and spec[6:].isdigit() and int(spec[6:]) >= 1:
+            return [i % int(spec[6:]) == 0 for i in range(n_layers)]
+        try:
+            chosen = {int(x) for x in spec.split(",") if x}
+        except ValueError:
+            chosen = None
+        if not chosen or any(i < 0 for i in chosen):
+            raise ValueError(
+                f"memory_layers must be all, none, every:K or a comma list of layers, got {spec!r}"
+            )
+        if max(chosen) >= n_layers and n_layers > 1:
+            raise ValueError(f"memory_layers names layer {max(chosen)}; the model has {n_layers}")
+        return [i in chosen for i in range(n_layers)]
+
+    @property
+    def distance(self) -> int:
+        return self.window if self.read_distance is None else self.read_distance
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RetrofitConfig:
+        known = {f.name for f in fields(cls)}
+        if unknown := set(d) - known:
+            raise ValueError(f"unknown retrofit settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+    def with_(self, **changes) -> RetrofitConfig:
+        return replace(self, **changes)
+
+
+PRESETS = {
+    "memory": RetrofitConfig(),
+    "streaming": RetrofitConfig(kind="window", capacity=0),
+    "full": RetrofitConfig(kind="full", capacity=0),
+}
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """What one layer does, resolved from the config and the model's shape."""
+
+    S: int
+    W: int  # exact window (full: the checkpoint's context)
+    L: int
+    N: int  # 0: no dictionary
+    kind: Kind  # "memory" only for layers with a dictionary
+    schedule: str
+    key_space: str
+    distance: int
+    count_bias: float
+    count_cap: float | None
+    context: int  # full: the most positions a stream may hold
+
+    @classmethod
+    def resolve(cls, config: RetrofitConfig, n_layers: int, context: int) -> list[LayerPlan]:
+        mask = config.layer_mask(n_layers)
+        plans = []
+        for has_memory in mask:
+            kind: Kind = "memory" if has_memory else ("full" if config.kind == "full" else "window")
+            plans.append(
+                cls(
+                    S=config.sinks,
+                    W=context if kind == "full" else config.window,
+                    L=config.chunk,
+                    N=config.capacity if has_memory else 0,
+                    kind=kind,
+                    schedule=config.schedule,
+                    key_space=config.key_space,
+                    distance=config.distance,
+                    count_bias=config.count_bias,
+                    count_cap=config.count_cap,
+                    context=context,
+                )
+            )
+        return plans
+
+    @property
+    def buffer(self) -> int:
+        """Rows of the exact buffer: at most W + L - 1 are ever in use (module docstring)."""
+        return self.W + self.L
+
+
+@dataclass
+class WindowMemoryState:
+    """One layer's bounded state, allocated once at its bound (its bytes never change).
+
+    k_sink, v_sink  [B, Hkv, S, D]    the first S tokens (keys rotated at positions 0..S-1)
+    k_buf, v_buf    [B, Hkv, W+L, D]  the exact window: rows [0, buf_len) hold positions
+                                      [pos - buf_len, pos), keys rotated at those positions
+    keys, values    [B, Hkv, N, D]    centroids; rows [0, size) in use
+    counts          [B, Hkv, N]       tokens each centroid stands for (int64)
+    """
+
+    k_sink: torch.Tensor
+    v_sink: torch.Tensor
+    k_buf: torch.Tensor
+    v_buf: torch.Tensor
+    keys: torch.Tensor
+    values: torch.Tensor
+    counts: torch.Tensor
+    pos: int = 0  # tokens this layer has seen
+    buf_len: int = 0
+    size: int = 0  # centroids in use (the same for every head: it depends only on tokens folded)
+    folded: int = 0  # tokens folded into the dictionary
+
+    TENSORS = ("k_sink", "v_sink", "k_buf", "v_buf", "keys", "values", "counts")
+    SCALARS = ("pos", "buf_len", "size", "folded")
+
+    @classmethod
+    def allocate(cls, plan: LayerPlan, B: int, Hkv: int, D: int, dtype, device) -> WindowMemoryState:
+        z = lambda n: torch.zeros(B, Hkv, n, D, dtype=dtype, device=device)  # noqa: E731
+        counts = torch.zeros(B, Hkv, plan.N, dtype=torch.int64, device=device)
+        return cls(z(plan.S), z(plan.S), z(plan.buffer), z(plan.buffer), z(plan.N), z(plan.N), counts)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.TENSORS}
+
+    def scalars(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.SCALARS}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def clone(self) -> WindowMemoryState:
+        return WindowMemoryState(**{k: t.clone() for k, t in self.tensors().items()}, **self.scalars())
+
+    def validate(self, plan: LayerPlan) -> None:
+        """Raise ValueError if the scalars cannot describe a state of `plan` (a corrupt snapshot)."""
+        sinks = min(self.pos, plan.S)
+        if not 0 <= self.buf_len <= min(plan.buffer - 1, self.pos - sinks):
+            raise ValueError(f"buf_len {self.buf_len} does not fit position {self.pos}")
+        if not 0 <= self.size <= plan.N or self.folded % plan.L or self.folded > self.pos:
+            raise ValueError(f"size {self.size} / folded {self.folded} do not fit the layer")
+        if plan.kind == "memory":
+            if self.size != schedule_size(self.folded, plan.N, plan.schedule):
+                raise ValueError(f"size {self.size} is not the schedule's after {self.folded} tokens folded")
+            if self.pos - sinks - self.folded != self.buf_len:
+                raise ValueError("folded + window tokens do not add up to the position")
+            if int(self.counts.sum()) != self.folded * self.counts.shape[0] * self.counts.shape[1]:
+                raise ValueError("centroid counts do not sum to the tokens folded")
+
+
+# ---- rotary positions ------------------------------------------------------------------------
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate x [..., T, D] by positions [T] (HF's rotate_half pairs); angles in float64."""
+    ang = positions.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # [T, D/2]
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+# ---- the layer op ----------------------------------------------------------------------------
+
+
+def window_memory_attention(
+    q: torch.Tensor,  # [B, Hq, T, D]  before RoPE
+    k: torch.Tensor,  # [B, Hkv, T, D] before RoPE
+    v: torch.Tensor,  # [B, Hkv, T, D]
+    state: WindowMemoryState,
+    plan: LayerPlan,
+    inv_freq: torch.Tensor,  # [D/2]
+    backend: str = "torch",
+) -> tuple[torch.Tensor, WindowMemoryState]:
+    """Attention of T new tokens over the layer's bounded state; the state is updated in place and
+    returned. Output [B, Hq, T, D] in q's dtype."""
+    B, Hq, T, D = q.shape
+    if plan.kind == "full" and state.pos + T > plan.context:
+        raise ValueError(
+            f"full attention holds at most {plan.context} tokens (the checkpoint's context); this stream "
+            f"would reach {state.pos + T}. Use a bounded retrofit (sinks + window, with or without memory)"
+        )
+    out = torch.empty_like(q)
+    i = 0
+    while i < T:
+        j = i + _segment_length(state, plan, T - i)
+        out[:, :, i:j] = _segment(q[:, :, i:j], k[:, :, i:j], v[:, :, i:j], state, plan, inv_freq)
+        if plan.kind == "memory" and state.pos == _next_fold(state, plan):
+            _fold(state, plan, inv_freq, backend)
+        i = j
+    return out, state
+
+
+def _next_fold(state: WindowMemoryState, plan: LayerPlan) -> int:
+    """The position right before which the next chunk is folded: S + W - 1 + (c+1) L."""
+    c = state.folded // plan.L
+    return plan.S + plan.W - 1 + (c + 1) * plan.L
+
+
+def _segment_length(state: WindowMemoryState, plan: LayerPlan, remaining: int) -> int:
+    """Queries processed together: at most L, never across a fold (they must share a dictionary)."""
+    n = min(remaining, plan.L)
+    if plan.kind == "memory":
+        n = min(n, _next_fold(state, plan) - state.pos)
+    return n
+
+
+def _lowest_exact(t: torch.Tensor, state: WindowMemoryState, plan: LayerPlan) -> torch.Tensor:
+    """Per query position t: the lowest non-sink position it sees exactly."""
+    if plan.kind == "memory":
+        return torch.full_like(t, plan.S + state.folded)  # constant inside a segment
+    if plan.kind == "full":
+        return torch.full_like(t, plan.S)
+    return torch.clamp(t - plan.W + 1, min=plan.S)
+
+
+def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> torch.Tensor:
+    B, Hq, Tq, D = q.shape
+    Hkv = k.shape[1]
+    G = Hq // Hkv
+    sdt = state.k_buf.dtype
+    t = torch.arange(state.pos, state.pos + Tq, device=q.device)  # absolute positions of the queries
+    lo = _lowest_exact(t, state, plan)
+    if plan.kind == "window":  # drop what no query of this segment sees any more
+        _drop_front(state, int(lo[0]) - (state.pos - state.buf_len))
+
+    # store the new keys (rotated at their positions): sinks first, the rest into the buffer
+    k_rot = rope(k.to(sdt), t, inv_freq)
+    n_sink = max(0, min(plan.S - state.pos, Tq))
+    if n_sink:
+        a = state.pos
+        state.k_sink[:, :, a : a + n_sink] = k_rot[:, :, :n_sink]
+        state.v_sink[:, :, a : a + n_sink] = v[:, :, :n_sink].to(sdt)
+    rest = Tq - n_sink
+    if rest:
+        a = state.buf_len
+        state.k_buf[:, :, a : a + rest] = k_rot[:, :, n_sink:]
+        state.v_buf[:, :, a : a + rest] = v[:, :, n_sink:].to(sdt)
+        state.buf_len += rest
+    state.pos += Tq
+
+    # [B, Hkv, G*Tq, D]: a GQA group's query heads read their KV head's keys as one matrix
+    qf = q.to(sdt)
+    q_abs = rope(qf, t, inv_freq).reshape(B, Hkv, G * Tq, D)
+    scale = 1.0 / math.sqrt(D)
+    parts_s, parts_v = [], []
+
+    n_s = min(plan.S, state.pos)  # sinks seen by now
+    if n_s:
+        # the query at its position in the cache: sinks never lie further back than S + W + L
+        q_cache = rope(qf, t - (lo - plan.S), inv_freq).reshape(B, Hkv, G * Tq, D)
+        s = (q_cache @ state.k_sink[:, :, :n_s].transpose(-1, -2)) * scale  # [B, Hkv, G*Tq, n_s]
+        visible = torch.arange(n_s, device=q.device)[None, :] <= t[:, None]  # [Tq, n_s]
+        parts_s.append(s.masked_fill(~visible.repeat(G, 1), float("-inf")))
+        parts_v.append(state.v_sink[:, :, :n_s])
+
+    n_b = state.buf_len
+    if n_b:
+        p = torch.arange(state.pos - n_b, state.pos, device=q.device)  # positions of the buffer rows
+        s = (q_abs @ state.k_buf[:, :, :n_b].transpose(-1, -2)) * scale  # [B, Hkv, G*Tq, n_b]
+        visible = (p[None, :] >= lo[:, None]) & (p[None, :] <= t[:, None])  # [Tq, n_b]
+        parts_s.append(s.masked_fill(~visible.repeat(G, 1), float("-inf")))
+        parts_v.append(state.v_buf[:, :, :n_b])
+
+    n = state.size
+    if n:
+        if plan.key_space == "pre_rope":  # the query rotated by the read distance: centroids at 0
+            d = torch.full((Tq,), plan.distance, device=q.device)
+            q_read = rope(qf, d, inv_freq).reshape(B, Hkv, G * Tq, D)
+        else:
+            q_read = q_abs
+        s = (q_read @ state.keys[:, :, :n].transpose(-1, -2)) * scale  # [B, Hkv, G*Tq, n]
+        parts_s.append(s + _count_bias(state.counts[:, :, :n], plan).unsqueeze(2).to(sdt))
+        parts_v.append(state.values[:, :, :n])
+
+    w = torch.softmax(torch.cat(parts_s, dim=-1), dim=-1)
+    o = w @ torch.cat(parts_v, dim=2)  # [B, Hkv, G*Tq, D]
+    if plan.kind == "window":  # keep only what the next query sees: the state is the same for any split
+        _drop_front(state, max(plan.S, state.pos - plan.W + 1) - (state.pos - state.buf_len))
+    return o.reshape(B, Hq, Tq, D).to(q.dtype)
+
+
+def _count_bias(counts: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
+    logc = counts.to(torch.float32).log()
+    if plan.count_cap is not None:
+        logc = logc.clamp(max=plan.count_cap)
+    return plan.count_bias * logc
+
+
+def _drop_front(state: WindowMemoryState, n: int) -> None:
+    """Forget the n oldest buffer rows (shifting the rest to the front)."""
+    if n <= 0:
+        return
+    keep = state.buf_len - n
+    if keep > 0:
+        state.k_buf[:, :, :keep] = state.k_buf[:, :, n : n + keep].clone()
+        state.v_buf[:, :, :keep] = state.v_buf[:, :, n : n + keep].clone()
+    state.buf_len = max(keep, 0)
+
+
+def _fold(state: WindowMemoryState, plan: LayerPlan, inv_freq, backend: str) -> None:
+    """Fold the oldest L buffer rows (chunk c) into the dictionary (docs/ovq.md 4)."""
+    L = plan.L
+    chunk_k, chunk_v = state.k_buf[:, :, :L], state.v_buf[:, :, :L]  # [B, Hkv, L, D]
+    if plan.key_space == "pre_rope":  # un-rotate: the centroid averages what the token said
+        p = torch.arange(plan.S + state.folded, plan.S + state.folded + L, device=chunk_k.device)
+        chunk_k = rope(chunk_k, -p, inv_freq)
+    else:
+        chunk_k = chunk_k.clone()
+    chunk_v = chunk_v.clone()
+    ops = kernels.get_ops(backend)
+    n = state.size
+    M = schedule_size(state.folded + L, plan.N, plan.schedule)
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # noqa: E731  nearest by cosine
+    _, assign = ops.coverage_assign(unit(chunk_k), unit(state.keys[:, :, :n]), M - n)
+    ops.fold_update(state.keys, state.values, state.counts, n, chunk_k, chunk_v, assign, M, inplace=True)
+    state.size, state.folded = M, state.folded + L
+    _drop_front(state, L)
+
+
+__all__ = [
+    "KINDS",
+    "PRESETS",
+    "LayerPlan",
+    "RetrofitConfig",
+    "WindowMemoryState",
+    "rope",
+    "window_memory_attention",
+]
