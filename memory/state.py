@@ -92,6 +92,10 @@ class OVQState:
     def device(self) -> torch.device:
         return self.keys.device
 
+    def scalars(self) -> dict[str, int]:
+        """The ints a snapshot records beside the tensors."""
+        return {"size": self.size, "seen": self.seen}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {
             "keys": self.keys,

@@ -50,13 +50,42 @@ class MemoryStats:
 
 def memory_stats(state: OVQState, rare_fraction: float = 0.1) -> MemoryStats:
     """Statistics of `state` (read only; nothing is changed)."""
+    B, H, D, Dv = state.shape
+    return dictionary_stats(
+        state.counts,
+        state.size,
+        state.config.capacity,
+        tokens_seen=state.seen,
+        tokens_folded=state.folded,
+        chunk=state.config.chunk_size,
+        pending=state.pending,
+        state_bytes=state.nbytes,
+        kv_cache_bytes=B * H * state.seen * (D + Dv) * state.keys.element_size(),
+        rare_fraction=rare_fraction,
+    )
+
+
+def dictionary_stats(
+    counts: torch.Tensor,  # [B, H, N]: rows [0, size) in use
+    size: int,
+    capacity: int,
+    *,
+    tokens_seen: int,
+    tokens_folded: int,
+    chunk: int,
+    pending: int,
+    state_bytes: int,
+    kv_cache_bytes: int,
+    rare_fraction: float = 0.1,
+) -> MemoryStats:
+    """Statistics of any OVQ dictionary (the hybrid's OVQ layers, a pretrained model's retrofit)."""
     if not 0 <= rare_fraction <= 1:
         raise ValueError(f"rare_fraction must lie in [0, 1], got {rare_fraction}")
-    B, H, D, Dv = state.shape
-    n, N = state.size, state.config.capacity
+    B, H, _ = counts.shape
+    n, N = size, capacity
     heads = [[_empty_head() for _ in range(H)] for _ in range(B)]
     if n:
-        c = state.counts[:, :, :n].detach().to("cpu", torch.float64)  # [B, H, n]
+        c = counts[:, :, :n].detach().to("cpu", torch.float64)  # [B, H, n]
         p = c / c.sum(-1, keepdim=True)
         entropy = -(p * p.log2()).sum(-1)
         rare = (c < rare_fraction * c.mean(-1, keepdim=True)).sum(-1)
@@ -77,15 +106,15 @@ def memory_stats(state: OVQState, rare_fraction: float = 0.1) -> MemoryStats:
             for b in range(B)
         ]
     return MemoryStats(
-        tokens_seen=state.seen,
-        tokens_folded=state.folded,
-        chunks_folded=state.folded // state.config.chunk_size,
-        pending=state.pending,
+        tokens_seen=tokens_seen,
+        tokens_folded=tokens_folded,
+        chunks_folded=tokens_folded // chunk,
+        pending=pending,
         size=n,
         capacity=N,
         fill=n / N,
-        state_bytes=state.nbytes,
-        kv_cache_bytes=B * H * state.seen * (D + Dv) * state.keys.element_size(),
+        state_bytes=state_bytes,
+        kv_cache_bytes=kv_cache_bytes,
         heads=heads,
     )
 

@@ -645,21 +645,23 @@ def run(
     session: str = "default",
     *,
     capacity: int | None = None,
+    retrofit: str | None = None,
     autosave_tokens: int = 4096,
     temperature: float = 0.0,
     max_tokens: int = 256,
 ) -> int:
-    """Run `ovq chat`; returns the exit status. A model directory loads in the session thread while
-    the UI is already up. Raises FileNotFoundError (before any UI) when there is no model to load;
-    other failures to open the session end the app and are printed to stderr (status 2)."""
+    """Run `ovq chat`; returns the exit status. The model loads in the session thread while the UI is
+    already up. Raises FileNotFoundError (before any UI) when there is no model to load; other
+    failures to open the session end the app and are printed to stderr (status 2)."""
+    from ovq.agent.model.names import resolve_model_path  # torch-free: says now what is missing
+
     if temperature < 0 or max_tokens < 1 or autosave_tokens < 0:
         raise ValueError("--temperature and --autosave-tokens must be >= 0, --max-tokens >= 1")
-    if model is None:
-        source: Runtime | Callable[[], Runtime] = _load(None, store, capacity)  # may be missing: say so now
-    elif not Path(model).is_dir():
-        raise FileNotFoundError(f"no model directory at {model} (pass a directory from `ovq train`)")
-    else:
-        source = partial(_load, model, store, capacity)
+    if not resolve_model_path(model).exists():
+        raise FileNotFoundError(
+            f"no model at {model} (a directory from `ovq train`, a .gguf file, or a name)"
+        )
+    source = partial(_load, model, store, capacity, retrofit)
     app = OvqApp(
         source,
         session,
@@ -676,7 +678,7 @@ def run(
     return app.return_code or 0
 
 
-def _load(model: str | Path | None, store: str | Path | None, capacity: int | None = None) -> Runtime:
+def _load(model, store, capacity: int | None = None, retrofit: str | None = None) -> Runtime:
     from ovq.agent.runtime.session import Runtime  # torch comes with it: imported off the UI's critical path
 
-    return Runtime.load(model, store, capacity=capacity)
+    return Runtime.load(model, store, capacity=capacity, retrofit=retrofit)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ovq.agent.cli.options import add_capacity_option
+from ovq.agent.cli.options import add_capacity_option, add_retrofit_option
 from ovq.agent.runtime.session import Runtime
 from ovq.agent.tasks import make_task
 
@@ -169,6 +169,7 @@ def main(suite: str, argv=None) -> None:
     p = argparse.ArgumentParser(prog=f"ovq bench {suite}", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model directory (default: the shipped model)")
     add_capacity_option(p)
+    add_retrofit_option(p)
     p.add_argument("--store", help="snapshot store (default: a temporary one)")
     if suite == "session":
         p.add_argument("--tokens", type=int, default=1_000_000)
@@ -182,7 +183,7 @@ def main(suite: str, argv=None) -> None:
         p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        runtime = Runtime.load(args.model, args.store or tmp, capacity=args.capacity)
+        runtime = Runtime.load(args.model, args.store or tmp, capacity=args.capacity, retrofit=args.retrofit)
         if suite == "session":
             result = session_soak(runtime, args.tokens, min(args.segment, args.tokens))
         elif suite == "speed":

@@ -7,7 +7,14 @@ import os
 import sys
 
 from ovq import __version__
-from ovq.agent.cli.options import add_capacity_option, add_common, add_global, finish, with_example
+from ovq.agent.cli.options import (
+    add_capacity_option,
+    add_common,
+    add_global,
+    add_retrofit_option,
+    finish,
+    with_example,
+)
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -19,6 +26,7 @@ def _chat(args: argparse.Namespace) -> int:
             args.store,
             args.session,
             capacity=args.capacity,
+            retrofit=args.retrofit,
             autosave_tokens=args.autosave_tokens,
             temperature=args.temperature,
             max_tokens=args.max_tokens,
@@ -78,6 +86,9 @@ def _eval(args: argparse.Namespace) -> int:
         n, seed = _int_list("--n", args.n), _int_list("--seed", args.seed)
         if min(n) < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
+        if args.what == "chat":
+            args.n, args.seed = n[0], seed[0]
+            return _eval_chat(args)
         if args.what == "compare":
             if len(n) > 1 or len(seed) > 1:
                 raise ValueError("compare takes one --n and one --seed")
@@ -145,6 +156,55 @@ def _eval_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_chat(args: argparse.Namespace) -> int:
+    """Chat recall of one model under several memory settings, side by side (agent/eval/chat_recall.py)."""
+    import json
+    import tempfile
+
+    from ovq.agent.eval.chat_recall import load_fact_set, run_recall, to_markdown
+    from ovq.agent.runtime.session import Runtime
+
+    retrofits = [r.strip() for r in (args.retrofits or "full;streaming;memory").split(";") if r.strip()]
+    try:
+        distances = _int_list("--distances", args.distances)
+        facts = load_fact_set(args.set)
+        results = {}
+        with tempfile.TemporaryDirectory() as store:
+            for spec in retrofits:
+                runtime = Runtime.load(args.model, store, retrofit=spec)
+                tok = runtime.tokenizer
+                plans = getattr(runtime.model.config, "plans", None)
+                full = plans is not None and plans[0].kind == "full"
+                context = runtime.model.config.llama.max_context if full else None
+                counter = iter(range(10**9))
+
+                def fresh(runtime=runtime, counter=counter):
+                    return runtime.session(f"eval-{next(counter)}").copy()
+
+                def progress(p: dict, spec=spec) -> None:
+                    if not args.quiet:
+                        print(f"[{spec}] {p}", file=sys.stderr, flush=True)
+
+                results[spec] = run_recall(
+                    fresh, lambda text, tok=tok: len(tok.encode(text)), facts, distances,
+                    facts_per_distance=args.n, seed=args.seed, max_tokens=args.max_tokens,
+                    on_progress=progress, max_context=context, acknowledge=False,
+                )  # fmt: skip
+                results[spec]["state_bytes"] = runtime.session("eval-bytes").state.nbytes
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ovq eval chat: {e}", file=sys.stderr)
+        return 2
+    table = to_markdown(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    print(table, end="")
+    return 0
+
+
 def _int_list(flag: str, text: str) -> list[int]:
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
@@ -181,7 +241,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     try:
         suite = load_suite(args.suite)
-        runtime = Runtime.load(args.model, args.store, capacity=args.capacity)
+        runtime = Runtime.load(args.model, args.store, capacity=args.capacity, retrofit=args.retrofit)
         session = runtime.session(args.session)
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq probe: {e}", file=sys.stderr)
@@ -219,7 +279,7 @@ def _feed(args: argparse.Namespace) -> int:
         print(f"ovq feed: --save-every must be >= 1, got {args.save_every}", file=sys.stderr)
         return 2
     try:
-        runtime = Runtime.load(args.model, args.store, capacity=args.capacity)
+        runtime = Runtime.load(args.model, args.store, capacity=args.capacity, retrofit=args.retrofit)
         session = runtime.session(args.session)
         raw = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
     except (FileNotFoundError, ValueError, OSError) as e:
@@ -330,11 +390,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser(
         "chat",
-        help="chat in the terminal (Textual UI) on the default model",
+        help="chat in the terminal (Textual UI); default model: SmolLM2-135M-Instruct, bounded memory",
         **with_example("ovq chat --session trip-planning --temperature 0.7"),
     )
     add_common(chat, session)
     add_capacity_option(chat)
+    add_retrofit_option(chat)
     chat.add_argument(
         "--autosave-tokens", type=int, default=4096, help="also save every this many tokens (0: only on quit)"
     )
@@ -358,8 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "what",
-        choices=["recall", "compare"],
-        help="recall: one model on fresh task examples; compare: --models at each of --lengths",
+        choices=["recall", "compare", "chat"],
+        help="recall: one model on fresh task examples; compare: --models at each of --lengths; chat: a "
+        "pretrained model's recall of facts told in a chat, under several --retrofits side by side",
     )
     add_common(ev, {"model": None})
     add_capacity_option(ev)
@@ -394,6 +456,19 @@ def build_parser() -> argparse.ArgumentParser:
         "examples into one result",
     )
     ev.add_argument("--json", help="also write the result to this file")
+    ev.add_argument(
+        "--retrofits",
+        help="chat: memory settings to compare, separated by ';' (default: full;streaming;memory), e.g. "
+        "'full;streaming;capacity=256;capacity=1024;capacity=4096'",
+    )
+    ev.add_argument(
+        "--set", default="tuning", help="chat: fact set, tuning (design) or heldout (the final table)"
+    )
+    ev.add_argument(
+        "--distances", default="512,2048,7168,32768", help="chat: tokens between fact and question"
+    )
+    ev.add_argument("--max-tokens", type=int, default=32, help="chat: longest answer")
+    ev.add_argument("--quiet", action="store_true", help="chat: no progress lines")
     ev.set_defaults(func=_eval)
 
     probe = sub.add_parser(
@@ -404,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("suite", help="a suite TOML file, or a shipped suite name (e.g. basic)")
     add_common(probe, session, session="session to fork (a fresh one if new)")
     add_capacity_option(probe)
+    add_retrofit_option(probe)
     probe.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
     probe.set_defaults(func=_probe)
 
@@ -415,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     feed.add_argument("file", help="text file, or - for standard input")
     add_common(feed, session)
     add_capacity_option(feed)
+    add_retrofit_option(feed)
     feed.add_argument(
         "--role",
         choices=["user", "observation"],

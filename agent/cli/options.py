@@ -56,6 +56,15 @@ def add_capacity_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_retrofit_option(parser: argparse.ArgumentParser) -> None:
+    """--retrofit, for every command that loads a model (pretrained checkpoints only)."""
+    parser.add_argument(
+        "--retrofit",
+        help="a pretrained model's bounded memory: memory (default), streaming (sinks + window only), full "
+        "(no bound, up to its context), or key=value,... over the default (e.g. window=1024,capacity=4096)",
+    )
+
+
 def with_example(text: str) -> dict:
     """Keyword arguments for a parser whose help ends with a realistic example."""
     return {"epilog": f"example:\n  {text}", "formatter_class": argparse.RawDescriptionHelpFormatter}

@@ -32,6 +32,10 @@ class WindowState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.keys, self.values))
 
+    def scalars(self) -> dict[str, int]:
+        """The ints a snapshot records beside the tensors."""
+        return {"pos": self.pos}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"keys": self.keys, "values": self.values}
 

@@ -1,6 +1,8 @@
-"""A model directory: `model.safetensors` + `config.json` + `tokenizer.json` (+ `card.md`).
+"""Loading models: a hybrid model directory (`model.safetensors` + `config.json` + `tokenizer.json`
+(+ `card.md`)), a pretrained checkpoint run with the retrofit, or a model by name.
 
-The fingerprint (SHA-256 over config, weights and tokenizer) identifies a model exactly; snapshots
+The fingerprint (SHA-256 over config, weights and tokenizer; for a pretrained model, over the model
+config with its retrofit settings and the checkpoint's bytes) identifies a model exactly; snapshots
 carry it so that a state is never restored into a different model.
 """
 
@@ -11,38 +13,31 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import blake3
 import torch
 from safetensors.torch import load_file, save_file
 
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.names import (  # noqa: F401  (re-exported: where a model is found)
+    CONFIG,
+    DEFAULT_MODEL,
+    PRETRAINED,
+    SHIPPED_DIR,
+    TINY_MODEL_DIR,
+    TOKENIZER,
+    WEIGHTS,
+    pretrained_file,
+    resolve_model_path,
+    shipped_models,
+)
+from ovq.agent.model.pretrained.retrofit import RetrofitConfig, parse_retrofit
+from ovq.agent.model.pretrained.streaming import RetrofitLM
 from ovq.agent.model.tokenizer import Tokenizer
-
-WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
-SHIPPED_DIR = Path(__file__).parents[1] / "shipped"  # models that ship as package data, by name
-DEFAULT_MODEL_DIR = SHIPPED_DIR / "tiny"
-
-
-def shipped_models() -> list[str]:
-    return (
-        sorted(p.name for p in SHIPPED_DIR.iterdir() if (p / CONFIG).is_file())
-        if SHIPPED_DIR.is_dir()
-        else []
-    )
-
-
-def resolve_model_path(path: str | Path | None) -> Path:
-    """None -> the default model; a shipped model's name (`tiny`) -> its directory, unless a directory
-    of that name exists where the user stands (their path wins); anything else -> itself."""
-    if path is None:
-        return DEFAULT_MODEL_DIR
-    if isinstance(path, str) and path in shipped_models() and not Path(path).exists():
-        return SHIPPED_DIR / path
-    return Path(path)
 
 
 @dataclass
 class LoadedModel:
-    model: HybridLM
+    model: HybridLM | RetrofitLM
     tokenizer: Tokenizer
     path: Path
     fingerprint: str
@@ -71,23 +66,39 @@ def save_model(model: HybridLM, tokenizer: Tokenizer, path: str | Path) -> Path:
     return path
 
 
+def is_pretrained(path: Path) -> bool:
+    """A GGUF file, or a Hugging Face directory (its config.json names a model_type)."""
+    if path.is_file():
+        return path.suffix.lower() == ".gguf"
+    config = path / CONFIG
+    if not config.is_file():
+        return False
+    try:
+        return "model_type" in json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def load_model(
-    path: str | Path | None = None, device: str | torch.device = "cpu", capacity: int | None = None
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    capacity: int | None = None,
+    retrofit: str | RetrofitConfig | None = None,
 ) -> LoadedModel:
-    """Load a model directory (None: the shipped default model; a shipped model's name such as `tiny`
-    for that one); raises FileNotFoundError /
+    """Load a model: a directory from `ovq train`, a pretrained checkpoint (a GGUF file or a Hugging
+    Face directory), or a model's name (`smollm2`, the default; `tiny`). Raises FileNotFoundError /
     ValueError naming what is wrong.
 
-    `capacity` replaces the OVQ dictionary size N of the saved config. The weights do not depend on
-    N, so any N loads; a larger one keeps more slots for facts that arrive late in a long stream,
-    at a larger state and slower prefill (the default model's card measures both). It is part of
-    the config, so of the fingerprint: sessions saved at one N resume only at that N."""
-    if path is None and not (DEFAULT_MODEL_DIR / WEIGHTS).is_file():
-        raise FileNotFoundError(
-            f"no default model in this installation ({DEFAULT_MODEL_DIR} lacks {WEIGHTS}); "
-            "pass a model directory from `ovq train`"
-        )
+    `capacity` replaces the OVQ dictionary size N (of the hybrid's OVQ layers, or of a pretrained
+    model's retrofit). The weights do not depend on N, so any N loads; a larger one keeps more slots
+    for facts that arrive late in a long stream, at a larger state. `retrofit` (pretrained models
+    only) is a preset name (memory, streaming, full) or `key=value,...` settings over the default.
+    Both are part of the fingerprint: sessions saved at one setting resume only at that setting."""
     path = resolve_model_path(path)
+    if is_pretrained(path):
+        return _load_pretrained(path, device, capacity, retrofit)
+    if retrofit is not None:
+        raise ValueError(f"retrofit settings apply to pretrained checkpoints; {path} is a hybrid model")
     if not path.is_dir():
         known = ", ".join(shipped_models()) or "none"
         raise FileNotFoundError(f"no model directory at {path} (shipped models by name: {known})")
@@ -119,13 +130,57 @@ def load_model(
     return LoadedModel(model, tokenizer, path, fingerprint(model, tokenizer))
 
 
+def _load_pretrained(path: Path, device, capacity: int | None, retrofit) -> LoadedModel:
+    from ovq.agent.model.pretrained import PretrainedError, load_pretrained
+    from ovq.agent.model.pretrained.chat_template import CHATML, TemplateChat, TemplateError
+
+    config = retrofit if isinstance(retrofit, RetrofitConfig) else parse_retrofit(retrofit)
+    if capacity is not None:
+        _check_capacity(capacity)
+        if config.kind != "memory":
+            raise ValueError(f"capacity={capacity}: the {config.kind!r} retrofit has no memory")
+        config = config.with_(capacity=capacity)
+    try:
+        ckpt = load_pretrained(path)
+        eos = ckpt.special_token(ckpt.config.eos_ids[0])
+        chat = TemplateChat(ckpt.chat_template or CHATML, ckpt.special_token(ckpt.config.bos_id), eos)
+    except TemplateError as e:
+        raise ValueError(f"{path}: {e}") from None
+    except PretrainedError as e:
+        raise ValueError(str(e)) from None
+    stop = tuple(ckpt.special_token(i) for i in ckpt.config.eos_ids)
+    tokenizer = Tokenizer(ckpt.tokenizer, specials=(), stop=stop)
+    model = RetrofitLM.from_checkpoint(ckpt, config, chat=chat).to(device)
+    digest = hashlib.sha256(model.config.to_json().encode())
+    digest.update(source_digest(path).encode())
+    return LoadedModel(model, tokenizer, path, digest.hexdigest())
+
+
+def source_digest(path: Path) -> str:
+    """BLAKE3 of a checkpoint's files (weights, tokenizer and template all live in them)."""
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.iterdir() if p.is_file() and p.name != "README.md")
+    )
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        h.update_mmap(f)
+    return h.hexdigest()
+
+
+def _check_capacity(capacity) -> None:
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 2:
+        raise ValueError(f"capacity must be an int >= 2 (OVQ dictionary slots per head), got {capacity!r}")
+
+
 def _with_capacity(config: ModelConfig, capacity: int) -> ModelConfig:
     if "ovq" not in config.kinds:
         raise ValueError(
             f"capacity={capacity}: this model has no OVQ layer (layers {','.join(config.kinds)})"
         )
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 2:
-        raise ValueError(f"capacity must be an int >= 2 (OVQ dictionary slots per head), got {capacity!r}")
+    _check_capacity(capacity)
     return replace(config, ovq=replace(config.ovq, capacity=capacity))
 
 

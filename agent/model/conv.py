@@ -29,6 +29,10 @@ class ConvState:
     def nbytes(self) -> int:
         return self.x.numel() * self.x.element_size()
 
+    def scalars(self) -> dict[str, int]:
+        """The ints a snapshot records beside the tensors."""
+        return {"pos": self.pos}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"x": self.x}
 

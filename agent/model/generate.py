@@ -83,7 +83,7 @@ def generate_tokens(
 ) -> Iterator[int]:
     """Feed `prompt` (which must be non-empty, or the state must have seen a token), then yield up to
     cfg.max_tokens sampled tokens. A stop token is fed and yielded, then generation ends."""
-    device = model.embed.weight.device
+    device = model.device
     if not prompt:
         raise ValueError("generation needs a non-empty prompt")
     logits, state = model(torch.tensor([prompt], device=device), state, last_only=True)

@@ -195,6 +195,19 @@ class HybridLM(nn.Module):
         self.norm = nn.RMSNorm(config.d_model)
         self.apply(_init_weights)
 
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    def kv_cache_bytes(self, tokens: int) -> int:
+        """What a float32 KV cache of every attention layer would hold for `tokens` tokens."""
+        return 2 * tokens * self.config.d_model * 4 * sum(k != "conv" for k in self.config.kinds)
+
+    def validate_layer_state(self, i: int, state: LayerState) -> None:
+        """Raise ValueError if a restored layer state is inconsistent (OVQ layers check their own)."""
+        if isinstance(state, OVQState):
+            state.validate()
+
     def init_state(self, B: int = 1, dtype: torch.dtype = torch.float32, device=None) -> ModelState:
         device = self.embed.weight.device if device is None else device
         return ModelState([b.mixer.init_state(B, dtype=dtype, device=device) for b in self.blocks], 0)

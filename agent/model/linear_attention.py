@@ -26,6 +26,10 @@ class LinearState:
     def nbytes(self) -> int:
         return self.S.numel() * self.S.element_size()
 
+    def scalars(self) -> dict[str, int]:
+        """The ints a snapshot records beside the tensors."""
+        return {"pos": self.pos}
+
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"S": self.S}
 

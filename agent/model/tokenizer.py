@@ -39,8 +39,23 @@ class ChatFormat:
         space, belongs to the first word's token)."""
         return marker + self.prefix
 
+    @property
+    def prompt(self) -> str:
+        """What the model is given to write a reply after: the marker alone (the prefix, a space,
+        belongs to the first word's token, which the model writes)."""
+        return ASSISTANT
+
+    def close(self, marker: str) -> str:
+        """What ends a turn (after its text)."""
+        return f"{END}{TURN_SEP}"
+
     def turn(self, marker: str, text: str) -> str:
-        return f"{self.open(marker)}{text}{END}{TURN_SEP}"
+        return f"{self.open(marker)}{text}{self.close(marker)}"
+
+    @property
+    def preamble(self) -> str:
+        """Text a fresh stream starts with (a template's system prompt); the hybrid's formats have none."""
+        return ""
 
     def restyle(self, plain: str) -> str:
         """Text written in the `plain` format, in this one (each marker gains the prefix)."""
@@ -63,14 +78,20 @@ def chat_format(name: str) -> ChatFormat:
 
 
 class Tokenizer:
-    """A trained tokenizer: encode/decode, character offsets, streaming decode, special ids."""
+    """A tokenizer: encode/decode, character offsets, streaming decode, special ids.
 
-    def __init__(self, hf: HFTokenizer) -> None:
-        missing = [t for t in SPECIAL_TOKENS if hf.token_to_id(t) is None]
+    `specials`: tokens it must have (the hybrid's chat tokens by default); `stop`: the tokens that end
+    a reply (the hybrid's `<|end|>`; a pretrained checkpoint's end-of-turn tokens)."""
+
+    def __init__(
+        self, hf: HFTokenizer, specials: tuple[str, ...] = SPECIAL_TOKENS, stop: tuple[str, ...] = (END,)
+    ) -> None:
+        missing = [t for t in (*specials, *stop) if hf.token_to_id(t) is None]
         if missing:
-            raise ValueError(f"tokenizer lacks the chat special tokens {missing}")
+            raise ValueError(f"tokenizer lacks the special tokens {missing}")
         self.hf = hf
-        self.special = {t: hf.token_to_id(t) for t in SPECIAL_TOKENS}
+        self.special = {t: hf.token_to_id(t) for t in specials}
+        self.stop_ids = frozenset(hf.token_to_id(t) for t in stop)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Tokenizer:

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ovq.agent.model.attention import WindowState
-from ovq.agent.model.conv import ConvState
 from ovq.agent.model.hybrid import HybridLM, ModelState
-from ovq.agent.model.linear_attention import LinearState
-from ovq.memory import OVQState
+from ovq.agent.model.pretrained.streaming import RetrofitLM, RetrofitState
 from ovq.snapshots import CorruptSnapshot, Snapshot
 
 
@@ -23,27 +20,22 @@ def default_store_path() -> Path:
     return Path(os.environ["OVQ_STORE"]) if os.environ.get("OVQ_STORE") else default_path()
 
 
-def state_tree(state: ModelState, kinds: list[str]) -> dict:
+def state_tree(state: ModelState | RetrofitState, kinds: list[str]) -> dict:
     layers = []
     for kind, s in zip(kinds, state.layers):
-        entry = {"kind": kind, **{k: t.detach() for k, t in s.tensors().items()}}
-        if isinstance(s, OVQState):
-            entry |= {"size": s.size, "seen": s.seen}
-        else:
-            entry["pos"] = s.pos
-        layers.append(entry)
+        layers.append({"kind": kind, **{k: t.detach() for k, t in s.tensors().items()}, **s.scalars()})
     return {"pos": state.pos, "layers": layers}
 
 
-def restore_state(tree: dict, model: HybridLM) -> ModelState:
-    """A new ModelState for `model` from a snapshot tree; CorruptSnapshot if anything disagrees."""
+def restore_state(tree: dict, model: HybridLM | RetrofitLM) -> ModelState | RetrofitState:
+    """A new state for `model` from a snapshot tree; CorruptSnapshot if anything disagrees."""
     kinds = model.config.kinds
     layers = tree.get("layers") if isinstance(tree, dict) else None
     if not isinstance(layers, list) or len(layers) != len(kinds):
         raise CorruptSnapshot(f"snapshot has {len(layers or [])} layers, the model has {len(kinds)}")
     # shapes and dtypes from a storage-free template; the decoded tensors (fresh, private copies)
     # become the new state's storage, so a restore allocates and copies nothing more
-    device = model.embed.weight.device
+    device = model.device
     fresh = model.init_state(1, device="meta")
     for i, (kind, entry, s) in enumerate(zip(kinds, layers, fresh.layers)):
         if not isinstance(entry, dict) or entry.get("kind") != kind:
@@ -56,14 +48,12 @@ def restore_state(tree: dict, model: HybridLM) -> ModelState:
                     f"{getattr(got, 'dtype', type(got).__name__)} {tuple(getattr(got, 'shape', ()))}"
                 )
             setattr(s, name, got.to(device))
-        if isinstance(s, OVQState):
-            s.size, s.seen = _int(entry, "size", i), _int(entry, "seen", i)
-            try:
-                s.validate()
-            except ValueError as e:
-                raise CorruptSnapshot(f"layer {i} (ovq): {e}") from None
-        elif isinstance(s, WindowState | LinearState | ConvState):
-            s.pos = _int(entry, "pos", i)
+        for name in s.scalars():
+            setattr(s, name, _int(entry, name, i))
+        try:
+            model.validate_layer_state(i, s)
+        except ValueError as e:
+            raise CorruptSnapshot(f"layer {i} ({kind}): {e}") from None
     fresh.pos = _int(tree, "pos", "model")
     return fresh
 
@@ -76,7 +66,7 @@ def _int(d: dict, key: str, where) -> int:
 
 
 def make_snapshot(
-    fingerprint: str, state: ModelState, kinds: list[str], rng: torch.Tensor, turns: list
+    fingerprint: str, state: ModelState | RetrofitState, kinds: list[str], rng: torch.Tensor, turns: list
 ) -> Snapshot:
     tree = state_tree(state, kinds) | {"rng": rng}
     meta = {"transcript": [[t.role, t.text] for t in turns]}

@@ -22,12 +22,13 @@ from ovq.agent.eval.probes import ProbeReport, ProbeSuite, load_suite, run_probe
 from ovq.agent.model.checkpoint import LoadedModel, load_model
 from ovq.agent.model.generate import CancelToken, SamplingConfig, generate_tokens, stream_text
 from ovq.agent.model.hybrid import ModelState
-from ovq.agent.model.tokenizer import ASSISTANT, END, USER
+from ovq.agent.model.pretrained.retrofit import WindowMemoryState
+from ovq.agent.model.pretrained.streaming import RetrofitLM
+from ovq.agent.model.tokenizer import ASSISTANT, USER
 from ovq.agent.runtime.persist import default_store_path, make_snapshot, restore_state
 from ovq.agent.runtime.text import clean, segments
-from ovq.agent.tasks.base import TURN_SEP
 from ovq.memory import OVQState
-from ovq.memory.stats import memory_stats
+from ovq.memory.stats import dictionary_stats, memory_stats
 from ovq.snapshots import CorruptSnapshot, FingerprintMismatch, SnapshotError, decode, encode_parts
 from ovq.snapshots.store import SnapshotInfo, SnapshotStore
 
@@ -69,17 +70,19 @@ class Runtime:
         store: str | Path | SnapshotStore | None = None,
         keep_last: int = KEEP_LAST,
         capacity: int | None = None,
+        retrofit: str | None = None,
     ) -> Runtime:
-        """The model at `model` (a directory from `ovq train`) or the shipped default model, and the
-        snapshot store at `store` (default: $OVQ_STORE or the user data directory). Each session
-        keeps at least its last `keep_last` snapshots (pruned in batches) plus every labelled one.
-        `capacity` sets the model's OVQ dictionary size N (see `load_model`)."""
-        if isinstance(model, LoadedModel) and capacity is not None:
+        """The model at `model` (a directory from `ovq train`, a GGUF file or Hugging Face directory,
+        or a model's name: `smollm2`, the default, or `tiny`) and the snapshot store at `store`
+        (default: $OVQ_STORE or the user data directory). Each session keeps at least its last
+        `keep_last` snapshots (pruned in batches) plus every labelled one. `capacity` sets the OVQ
+        dictionary size N, `retrofit` a pretrained model's memory settings (see `load_model`)."""
+        if isinstance(model, LoadedModel) and (capacity is not None or retrofit is not None):
             raise ValueError(
-                "capacity applies when the runtime loads the model; pass it to load_model instead"
+                "capacity and retrofit apply when the runtime loads the model; pass them to load_model"
             )
         if not isinstance(model, LoadedModel):
-            model = load_model(model, capacity=capacity)
+            model = load_model(model, capacity=capacity, retrofit=retrofit)
         if not isinstance(store, SnapshotStore):
             store = SnapshotStore(store if store is not None else default_store_path())
         return cls(model, store, keep_last)
@@ -145,7 +148,7 @@ class Session:
                 raise ValueError(f"role must be user, assistant or observation, got {role!r}")
             text = self.runtime.model.config.chat.turn(f"<|{role}|>", text)
         with self.lock:
-            fed = 0
+            fed = self._start()
             for part in segments(text):
                 ids = self.runtime.tokenizer.encode(part)
                 for a in range(0, len(ids), FEED_TOKENS):
@@ -173,7 +176,7 @@ class Session:
     @torch.no_grad()
     def _forward(self, ids: list[int]) -> torch.Tensor:
         """Feed ids; the next-token logits after them, [1, 1, V]."""
-        tokens = torch.tensor([ids], device=self.runtime.model.embed.weight.device)
+        tokens = torch.tensor([ids], device=self.runtime.model.device)
         logits, self.state = self.runtime.model(tokens, self.state, last_only=True)
         return logits
 
@@ -190,7 +193,7 @@ class Session:
             ids = tok.encode(prompt)
             tokens = generate_tokens(
                 self.runtime.model, self.state, ids, sampling, self.generator,
-                stop_tokens=frozenset({tok.special[END]}), cancel=cancel,
+                stop_tokens=tok.stop_ids, cancel=cancel,
             )  # fmt: skip
             try:
                 yield from stream_text(tok, self._track(tokens), sampling.stop)
@@ -217,6 +220,7 @@ class Session:
         message = self._check_text(message, allow_empty=False)
         with self.lock:
             chat = self.runtime.model.config.chat
+            self._start()
             self.feed_ids(self.runtime.tokenizer.encode(chat.turn(USER, message)))
             self.transcript.turns.append(Turn("user", message))
             if self.persist:
@@ -224,7 +228,7 @@ class Session:
             pieces: list[str] = []
             self._last_token = None
             try:
-                for piece in self.stream(ASSISTANT, sampling, cancel):
+                for piece in self.stream(chat.prompt, sampling, cancel):
                     if not pieces:  # the reply's first piece opens with the format's prefix
                         piece = chat.reply(piece)
                     if piece:
@@ -235,10 +239,20 @@ class Session:
                 self._close_turn()
 
     def _close_turn(self) -> None:
-        """End the assistant turn as training data does: `<|end|>` (unless generated) and a newline."""
-        end = self.runtime.tokenizer.special[END]
-        ids = ([] if self._last_token == end else [end]) + self.runtime.tokenizer.encode(TURN_SEP)
-        self._forward(ids)
+        """End the assistant turn as the chat format does (`<|end|>` and a newline; `<|im_end|>` and a
+        newline): its end token unless the model generated it, then the rest."""
+        ids = self.runtime.tokenizer.encode(self.runtime.model.config.chat.close(ASSISTANT))
+        if ids and self._last_token == ids[0]:
+            ids = ids[1:]
+        if ids:
+            self._forward(ids)
+
+    def _start(self) -> int:
+        """Feed the chat format's preamble (a template's system prompt) if the stream is empty."""
+        preamble = self.runtime.model.config.chat.preamble
+        if self.state.pos or not preamble:
+            return 0
+        return self.feed_ids(self.runtime.tokenizer.encode(preamble))
 
     # ---- async twins: the work runs in a thread; the event loop never blocks
     async def afeed(self, text: str, role: str | None = None) -> int:
@@ -345,6 +359,12 @@ class Session:
             fork.save()
         return fork
 
+    def copy(self) -> Session:
+        """An independent copy of this session's current state that never touches the store (what
+        probes and evaluations ask their questions on: this session does not change)."""
+        with self.lock:
+            return self._copy(f"{self.name}#copy", persist=False)
+
     def _copy(self, name: str, persist: bool = True) -> Session:
         copy = Session(self.runtime, name, self.state.clone(), persist)
         copy.generator.set_state(self.generator.get_state())
@@ -365,24 +385,21 @@ class Session:
 
     # ---- state
     def stats(self) -> dict:
-        """Memory per layer (OVQ fill, counts, bytes), total bytes, tokens seen, and the bytes a full
-        KV cache would need for this stream in each attention layer."""
+        """Memory per layer (OVQ fill, counts, bytes; a pretrained model's window and sinks), total
+        bytes, tokens seen, and the bytes a full float32 KV cache would need for this stream."""
         with self.lock:
-            layers = []
-            for kind, s in zip(self.runtime.model.config.kinds, self.state.layers):
-                entry = {"kind": kind, "state_bytes": s.nbytes}
-                if isinstance(s, OVQState):
-                    entry["memory"] = memory_stats(s).to_dict()
-                layers.append(entry)
-            cfg = self.runtime.model.config
-            attention = sum(k != "conv" for k in cfg.kinds)
-            # float32 keys + values in every attention layer
-            kv = 2 * self.state.pos * cfg.d_model * 4 * attention
+            model = self.runtime.model
+            chunks = (
+                [p.L for p in model.config.plans]
+                if isinstance(model, RetrofitLM)
+                else [None] * len(self.state.layers)
+            )
+            layers = [layer_stats(k, s, c) for k, s, c in zip(model.config.kinds, self.state.layers, chunks)]
             return {
                 "session": self.name,
                 "tokens_seen": self.state.pos,
                 "state_bytes": self.state.nbytes,
-                "kv_cache_bytes": kv,
+                "kv_cache_bytes": model.kv_cache_bytes(self.state.pos),
                 "layers": layers,
             }
 
@@ -399,3 +416,20 @@ class Session:
         if not allow_empty and not text.strip():
             raise ValueError("empty input: nothing to say")
         return text
+
+
+def layer_stats(kind: str, s, chunk: int | None = None) -> dict:
+    """One layer's entry of Session.stats(); `chunk`: a retrofit layer's L."""
+    entry = {"kind": kind, "state_bytes": s.nbytes}
+    if isinstance(s, OVQState):
+        entry["memory"] = memory_stats(s).to_dict()
+    elif isinstance(s, WindowMemoryState):
+        B, H, N = s.counts.shape
+        entry["window"], entry["sinks"] = s.buf_len, min(s.pos, s.k_sink.shape[2])
+        if N:
+            entry["memory"] = dictionary_stats(
+                s.counts, s.size, N, tokens_seen=s.pos, tokens_folded=s.folded, chunk=chunk,
+                pending=s.buf_len, state_bytes=s.nbytes,
+                kv_cache_bytes=2 * B * H * s.pos * s.k_buf.shape[-1] * s.k_buf.element_size(),
+            ).to_dict()  # fmt: skip
+    return entry

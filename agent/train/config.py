@@ -100,7 +100,7 @@ HELP = {
     "device": "auto | cpu | cuda",
     "progress": "show a progress bar",
     "log": "append one JSON line per step (step, loss, lr, tokens/s) to this file",
-    "init": 'start from this model directory\'s weights ("default": the shipped model)',
+    "init": 'start from this model directory\'s weights ("default" or "tiny": the shipped hybrid)',
     "workers": "processes generating batches ahead of the step (0: in the training process)",
     "chat_format": 'how chat turns are written: "plain" (the shipped model) or "spaced" (a space opens '
     "each turn, so an answer keeps the tokens of its statement); default: --init's, else plain",

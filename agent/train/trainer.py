@@ -116,7 +116,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     torch.manual_seed(cfg.seed)
     # the chat format: a resumed run's own; else --chat-format; else --init's; else plain
     if cfg.init is not None and not resume:  # fine-tune: the init model's config, tokenizer, weights
-        loaded = load_model(None if cfg.init == "default" else cfg.init)
+        loaded = load_model("tiny" if cfg.init == "default" else cfg.init)
         model, tokenizer = loaded.model.train().to(device), loaded.tokenizer
         model.config = replace(model.config, chat_format=cfg.chat_format or model.config.chat_format)
         mix = parse_mix(cfg.tasks, model.config.chat_format)

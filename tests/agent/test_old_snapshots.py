@@ -25,7 +25,9 @@ def test_a_session_saved_by_the_old_layout_resumes_with_identical_logits(tmp_pat
     assert [t.role for t in session.transcript.turns] == ["observation", "user", "assistant"]
     next_id = runtime.tokenizer.encode(meta["next_token_text"])[0]  # as the writer chose it
     logits = session._forward([next_id])[0, -1]
-    assert torch.equal(logits, expected)  # bit-identical: the state was restored exactly
+    # the state is restored exactly; the logits match to float32 rounding (a matmul's summation order
+    # follows the thread count, which need not be the writer's)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-4)
 
 
 def test_the_shipped_model_keeps_its_fingerprint():

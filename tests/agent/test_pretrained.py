@@ -37,8 +37,6 @@ from ovq.agent.model.pretrained import (
     weight_shapes,
 )
 
-torch.set_num_threads(1)
-
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
     "{% for message in messages %}"

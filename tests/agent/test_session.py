@@ -239,5 +239,5 @@ def test_a_session_resumes_only_at_the_capacity_that_saved_it(runtime, tmp_path)
         bigger.session("capacity")
     same = Runtime.load(path, store, capacity=runtime.model.config.ovq.capacity)
     assert same.session("capacity").tokens_seen == s.tokens_seen
-    with pytest.raises(ValueError, match="pass it to load_model"):
+    with pytest.raises(ValueError, match="pass them to load_model"):
         Runtime.load(load_model(path), store, capacity=64)

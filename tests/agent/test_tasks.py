@@ -301,9 +301,9 @@ def test_novel_values_replace_closed_class_values_with_invented_words():
 
 
 def test_dense_4k_preset_fills_a_4k_sequence_with_train_1k_question_density():
-    from ovq.agent.model.checkpoint import DEFAULT_MODEL_DIR
+    from ovq.agent.model.checkpoint import TINY_MODEL_DIR
 
-    tok = Tokenizer.load(DEFAULT_MODEL_DIR)  # the shipped model's, which the preset fine-tunes
+    tok = Tokenizer.load(TINY_MODEL_DIR)  # the shipped model's, which the preset fine-tunes
     task = make_task("memory_dialogue", "train_4k_dense_novel")
     examples = [task(s) for s in range(12)]
     lengths = sorted(len(tok.encode(ex.text)) for ex in examples)
@@ -477,7 +477,7 @@ def test_recite_labels_come_from_the_chosen_split():
 
 def test_spaced_dialogues_open_every_turn_with_a_space_and_answers_keep_their_tokens():
     from ovq.agent.eval.recall import answer_records, stated_form
-    from ovq.agent.model.checkpoint import DEFAULT_MODEL_DIR
+    from ovq.agent.model.checkpoint import TINY_MODEL_DIR
     from ovq.agent.model.tokenizer import MARKERS, Tokenizer
 
     plain = make_task("memory_dialogue", "train_1k")(7)
@@ -488,7 +488,7 @@ def test_spaced_dialogues_open_every_turn_with_a_space_and_answers_keep_their_to
         for q in ex.meta["questions"]:
             assert ex.text[slice(*q["answer_span"])] == q["value"] == ex.text[slice(*q["statement_span"])]
     # the point of the format: with the shipped tokenizer, answers keep their statement's tokens
-    tok = Tokenizer.load(DEFAULT_MODEL_DIR)
+    tok = Tokenizer.load(TINY_MODEL_DIR)
 
     def retokenised(fmt):
         forms = []

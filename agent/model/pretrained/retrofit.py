@@ -133,6 +133,38 @@ PRESETS = {
 }
 
 
+def parse_retrofit(spec: str | None) -> RetrofitConfig:
+    """`memory` / `streaming` / `full` (presets), or `key=value,...` over the memory preset
+    (`capacity=4096,window=1024`, `kind=window`); None: the memory preset."""
+    if spec is None or spec.strip() in PRESETS:
+        return PRESETS[(spec or "memory").strip()]
+    base, changes = PRESETS["memory"], {}
+    types = {f.name: f.type for f in fields(RetrofitConfig)}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in types:
+            raise ValueError(
+                f"retrofit settings are a preset ({', '.join(PRESETS)}) or key=value pairs with keys "
+                f"{sorted(types)}; got {item!r}"
+            )
+        changes[key] = _value(key, value.strip(), types[key])
+    return replace(base, **changes)
+
+
+def _value(key: str, text: str, kind: str):
+    if text.lower() == "none" and "None" in kind:
+        return None
+    try:
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"retrofit {key} must be a number, got {text!r}") from None
+    return text
+
+
 @dataclass(frozen=True)
 class LayerPlan:
     """What one layer does, resolved from the config and the model's shape."""
@@ -410,6 +442,7 @@ def _fold(state: WindowMemoryState, plan: LayerPlan, inv_freq, backend: str) -> 
 
 __all__ = [
     "KINDS",
+    "parse_retrofit",
     "PRESETS",
     "LayerPlan",
     "RetrofitConfig",

@@ -9,12 +9,13 @@ allocated once at its bound.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovq.agent.model.pretrained.chat_template import CHATML, TemplateChat
 from ovq.agent.model.pretrained.checkpoint import Checkpoint
 from ovq.agent.model.pretrained.config import LlamaConfig, rope_inv_freq
 from ovq.agent.model.pretrained.llama import LlamaLM
@@ -35,6 +36,8 @@ class RetrofitModelConfig:
     llama: LlamaConfig
     retrofit: RetrofitConfig
     dtype: str = "bfloat16"  # weights and activations; attention and its state stay float32
+    # how turns are written (the checkpoint's template; its text is in the checkpoint's fingerprint)
+    chat: TemplateChat = field(default_factory=lambda: TemplateChat(CHATML), compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -90,9 +93,13 @@ class RetrofitLM(nn.Module):
 
     @classmethod
     def from_checkpoint(
-        cls, ckpt: Checkpoint, retrofit: RetrofitConfig, dtype: str = "bfloat16"
+        cls,
+        ckpt: Checkpoint,
+        retrofit: RetrofitConfig,
+        dtype: str = "bfloat16",
+        chat: TemplateChat | None = None,
     ) -> RetrofitLM:
-        config = RetrofitModelConfig(ckpt.config, retrofit, dtype)
+        config = RetrofitModelConfig(ckpt.config, retrofit, dtype, chat or TemplateChat(CHATML))
         return cls(LlamaLM.from_checkpoint(ckpt, DTYPES[dtype]), config)
 
     @property
@@ -119,8 +126,8 @@ class RetrofitLM(nn.Module):
     def forward(
         self, tokens: torch.Tensor, state: RetrofitState | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, RetrofitState]:
-        """tokens [B, T] (int64) -> float32 (float64 for a float64 model) logits [B, T, V] ([B, 1, V] with `last_only`), and the
-        state, updated in place (a fresh one when None is given)."""
+        """tokens [B, T] (int64) -> logits [B, T, V] ([B, 1, V] with `last_only`; float32, float64 for
+        a float64 model), and the state, updated in place (a fresh one when None is given)."""
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be int64 [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
         V = self.config.vocab_size

