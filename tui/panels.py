@@ -38,7 +38,7 @@ def bar(fraction: float, width: int = 8) -> str:
     return "█" * full + "░" * (width - full)
 
 
-LAYER_COLUMNS = ("layer", "kind", "state", "full KV", "fill size/N", "folded", "chunks", "pending")
+LAYER_COLUMNS = ("layer", "kind", "state", "full KV", "fill size/N", "folded", "chunks", "pending/window")
 HEAD_COLUMNS = ("layer", "head", "fill", "count min/med/max", "entropy", "eff. slots", "rare")
 
 
@@ -107,6 +107,8 @@ def summary_text(stats: dict | None, tok_s: float | None) -> Text:
     text.append(f"{stats['tokens_seen']:,} tokens seen\n")
     text.append(f"state {fmt_bytes(stats['state_bytes'])}\n")
     text.append(f"full KV {fmt_bytes(stats['kv_cache_bytes'])}\n", style="dim")
+    if windowed := [layer for layer in stats["layers"] if "window" in layer]:  # a pretrained model
+        text.append(f"window {windowed[0]['window']:,} · sinks {windowed[0]['sinks']}\n")
     for i, layer in enumerate(stats["layers"]):
         if (m := layer.get("memory")) is not None:
             text.append(f"L{i} {bar(m['fill'], 10)} {m['size']}/{m['capacity']}\n")
