@@ -99,23 +99,20 @@ def rot(x, pos, inv_freq):
 def reference(q, k, v, S, W, L, kind, distance, inv_freq):
     """Each query on its own: sinks at cache positions, the exact window at true positions, and (memory,
     linear schedule, N >= every folded token) every folded token as its own centroid (count 1), read
-    un-rotated from `distance` positions back."""
+    un-rotated from `distance` positions back; a window layer forgets what left the window."""
     B, Hq, T, D = q.shape
     G = Hq // k.shape[1]
     out = torch.zeros_like(q)
     for t in range(T):
-        if kind == "memory":
-            F = max(0, (t - S - W + 1) // L)
-            lo = S + F * L
-        else:
-            F, lo = 0, max(S, t - W + 1)
+        F = max(0, (t - S - W + 1) // L)  # chunks that left the window: folded, or (window) dropped
+        lo = S + F * L
         for h in range(Hq):
             g = h // G
             logits, vals = [], []
             for j in range(min(S, t + 1)):  # sinks, read from the query's position in the cache
                 logits.append(rot(q[:, h, t], t - (lo - S), inv_freq) @ rot(k[:, g, j], j, inv_freq).T)
                 vals.append(v[:, g, j])
-            for p in range(S, S + F * L):  # folded: centroids of one token each, log 1 = 0
+            for p in range(S, S + F * L if kind == "memory" else S):  # centroids of one token, log 1 = 0
                 logits.append(rot(q[:, h, t], distance, inv_freq) @ k[:, g, p].T)
                 vals.append(v[:, g, p])
             for p in range(lo, t + 1):

@@ -19,13 +19,19 @@ Positions (the layer was trained with RoPE and a bounded context):
   `read_distance` positions before the query (InfLLM's choice for its memory units); "post_rope"
   averages rotated keys instead (measured in the model card, not the default).
 
-Which token a query at stream position t sees exactly (F(t): chunks folded before t):
-  memory layers:  sinks, and positions p with S + F(t)*L <= p <= t,
+Which token a query at stream position t sees exactly (F(t): chunks that left the window before t):
+  memory, window: sinks, and positions p with S + F(t)*L <= p <= t,
                   F(t) = max(0, floor((t - S - W + 1) / L))
-  window layers:  sinks, and positions p with max(S, t - W + 1) <= p <= t  (StreamingLLM)
   full:           every position (bounded by the checkpoint's context; a baseline)
-Chunk c (positions [S + cL, S + (c+1)L)) is folded right before query S + W - 1 + (c+1)L. Chunks are
-fixed by stream position, so any split of a stream into calls gives the same outputs and state.
+Chunk c (positions [S + cL, S + (c+1)L)) leaves the window right before query S + W - 1 + (c+1)L:
+memory layers fold it into their dictionary, window layers (StreamingLLM, evicting a chunk at a time)
+drop it. Chunks are fixed by stream position, so any split of a stream into calls gives the same
+outputs and state.
+
+The read is two passes merged exactly (as the OVQ op's CPU path does): attention over sinks + window,
+attention over the centroids (+log count), each with its log-sum-exp; the window's share of the
+softmax mass is sigmoid(lse_window - lse_dict). Inside a segment every query sees the same sinks offset,
+so sink keys are re-rotated once by that offset and one query rotation serves sinks and window.
 """
 
 from __future__ import annotations
@@ -231,7 +237,7 @@ class WindowMemoryState:
     pos: int = 0  # tokens this layer has seen
     buf_len: int = 0
     size: int = 0  # centroids in use (the same for every head: it depends only on tokens folded)
-    folded: int = 0  # tokens folded into the dictionary
+    folded: int = 0  # tokens that left the window (folded into the dictionary, or dropped)
 
     TENSORS = ("k_sink", "v_sink", "k_buf", "v_buf", "keys", "values", "counts")
     SCALARS = ("pos", "buf_len", "size", "folded")
@@ -262,11 +268,11 @@ class WindowMemoryState:
             raise ValueError(f"buf_len {self.buf_len} does not fit position {self.pos}")
         if not 0 <= self.size <= plan.N or self.folded % plan.L or self.folded > self.pos:
             raise ValueError(f"size {self.size} / folded {self.folded} do not fit the layer")
+        if self.pos - sinks - self.folded != self.buf_len:
+            raise ValueError("sinks + window + tokens that left it do not add up to the position")
         if plan.kind == "memory":
             if self.size != schedule_size(self.folded, plan.N, plan.schedule):
                 raise ValueError(f"size {self.size} is not the schedule's after {self.folded} tokens folded")
-            if self.pos - sinks - self.folded != self.buf_len:
-                raise ValueError("folded + window tokens do not add up to the position")
             if int(self.counts.sum()) != self.folded * self.counts.shape[0] * self.counts.shape[1]:
                 raise ValueError("centroid counts do not sum to the tokens folded")
 
@@ -307,8 +313,12 @@ def window_memory_attention(
     while i < T:
         j = i + _segment_length(state, plan, T - i)
         out[:, :, i:j] = _segment(q[:, :, i:j], k[:, :, i:j], v[:, :, i:j], state, plan, inv_freq)
-        if plan.kind == "memory" and state.pos == _next_fold(state, plan):
-            _fold(state, plan, inv_freq, backend)
+        if plan.kind != "full" and state.pos == _next_fold(state, plan):
+            if plan.kind == "memory":
+                _fold(state, plan, inv_freq, backend)
+            else:  # StreamingLLM: the chunk is forgotten
+                _drop_front(state, plan.L)
+                state.folded += plan.L
         i = j
     return out, state
 
@@ -322,18 +332,9 @@ def _next_fold(state: WindowMemoryState, plan: LayerPlan) -> int:
 def _segment_length(state: WindowMemoryState, plan: LayerPlan, remaining: int) -> int:
     """Queries processed together: at most L, never across a fold (they must share a dictionary)."""
     n = min(remaining, plan.L)
-    if plan.kind == "memory":
+    if plan.kind != "full":
         n = min(n, _next_fold(state, plan) - state.pos)
     return n
-
-
-def _lowest_exact(t: torch.Tensor, state: WindowMemoryState, plan: LayerPlan) -> torch.Tensor:
-    """Per query position t: the lowest non-sink position it sees exactly."""
-    if plan.kind == "memory":
-        return torch.full_like(t, plan.S + state.folded)  # constant inside a segment
-    if plan.kind == "full":
-        return torch.full_like(t, plan.S)
-    return torch.clamp(t - plan.W + 1, min=plan.S)
 
 
 def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> torch.Tensor:
@@ -342,9 +343,6 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> to
     G = Hq // Hkv
     sdt = state.k_buf.dtype
     t = torch.arange(state.pos, state.pos + Tq, device=q.device)  # absolute positions of the queries
-    lo = _lowest_exact(t, state, plan)
-    if plan.kind == "window":  # drop what no query of this segment sees any more
-        _drop_front(state, int(lo[0]) - (state.pos - state.buf_len))
 
     # store the new keys (rotated at their positions): sinks first, the rest into the buffer
     k_rot = rope(k.to(sdt), t, inv_freq)
@@ -365,41 +363,51 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> to
     qf = q.to(sdt)
     q_abs = rope(qf, t, inv_freq).reshape(B, Hkv, G * Tq, D)
     scale = 1.0 / math.sqrt(D)
-    parts_s, parts_v = [], []
 
-    n_s = min(plan.S, state.pos)  # sinks seen by now
-    if n_s:
-        # the query at its position in the cache: sinks never lie further back than S + W + L
-        q_cache = rope(qf, t - (lo - plan.S), inv_freq).reshape(B, Hkv, G * Tq, D)
-        s = (q_cache @ state.k_sink[:, :, :n_s].transpose(-1, -2)) * scale  # [B, Hkv, G*Tq, n_s]
-        visible = torch.arange(n_s, device=q.device)[None, :] <= t[:, None]  # [Tq, n_s]
-        parts_s.append(s.masked_fill(~visible.repeat(G, 1), float("-inf")))
-        parts_v.append(state.v_sink[:, :, :n_s])
+    # pass 1: sinks + window. Sinks sit at their cache positions: each lies `offset` positions further
+    # back for every query of the segment (the tokens dropped or folded between sinks and window).
+    n_s, n_b = min(plan.S, state.pos), state.buf_len
+    offset = state.folded
+    k_sink = state.k_sink[:, :, :n_s]
+    if offset and n_s:
+        k_sink = rope(k_sink, torch.full((n_s,), offset, device=q.device), inv_freq)
+    keys = torch.cat([k_sink, state.k_buf[:, :, :n_b]], dim=2)  # [B, Hkv, n_s + n_b, D]
+    values = torch.cat([state.v_sink[:, :, :n_s], state.v_buf[:, :, :n_b]], dim=2)
+    key_pos = torch.cat(
+        [torch.arange(n_s, device=q.device), torch.arange(state.pos - n_b, state.pos, device=q.device)]
+    )
+    causal = torch.zeros(Tq, n_s + n_b, dtype=sdt, device=q.device).masked_fill_(
+        key_pos > t[:, None], float("-inf")
+    )
+    out, lse = _attend(q_abs, keys, values, causal.repeat(G, 1), scale)
 
-    n_b = state.buf_len
-    if n_b:
-        p = torch.arange(state.pos - n_b, state.pos, device=q.device)  # positions of the buffer rows
-        s = (q_abs @ state.k_buf[:, :, :n_b].transpose(-1, -2)) * scale  # [B, Hkv, G*Tq, n_b]
-        visible = (p[None, :] >= lo[:, None]) & (p[None, :] <= t[:, None])  # [Tq, n_b]
-        parts_s.append(s.masked_fill(~visible.repeat(G, 1), float("-inf")))
-        parts_v.append(state.v_buf[:, :, :n_b])
-
+    # pass 2: the dictionary, merged with pass 1 as one softmax over the union
     n = state.size
     if n:
         if plan.key_space == "pre_rope":  # the query rotated by the read distance: centroids at 0
-            d = torch.full((Tq,), plan.distance, device=q.device)
-            q_read = rope(qf, d, inv_freq).reshape(B, Hkv, G * Tq, D)
+            q_read = rope(qf, torch.full((Tq,), plan.distance, device=q.device), inv_freq).reshape(
+                B, Hkv, G * Tq, D
+            )
         else:
             q_read = q_abs
-        s = (q_read @ state.keys[:, :, :n].transpose(-1, -2)) * scale  # [B, Hkv, G*Tq, n]
-        parts_s.append(s + _count_bias(state.counts[:, :, :n], plan).unsqueeze(2).to(sdt))
-        parts_v.append(state.values[:, :, :n])
+        bias = _count_bias(state.counts[:, :, :n], plan).to(sdt).unsqueeze(2)  # [B, Hkv, 1, n]
+        out_d, lse_d = _attend(q_read, state.keys[:, :, :n], state.values[:, :, :n], bias, scale)
+        out = torch.lerp(out_d, out, torch.sigmoid(lse - lse_d).unsqueeze(-1))
+    return out.reshape(B, Hq, Tq, D).to(q.dtype)
 
-    w = torch.softmax(torch.cat(parts_s, dim=-1), dim=-1)
-    o = w @ torch.cat(parts_v, dim=2)  # [B, Hkv, G*Tq, D]
-    if plan.kind == "window":  # keep only what the next query sees: the state is the same for any split
-        _drop_front(state, max(plan.S, state.pos - plan.W + 1) - (state.pos - state.buf_len))
-    return o.reshape(B, Hq, Tq, D).to(q.dtype)
+
+# CPU flash attention that also returns the log-sum-exp (what the OVQ op's CPU read uses too)
+_FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
+
+def _attend(q, k, v, bias, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(q k^T * scale + bias) v and its log-sum-exp per row: ([B, H, R, D], [B, H, R])."""
+    if _FLASH_CPU is not None and q.device.type == "cpu":
+        out, lse = _FLASH_CPU(q, k, v, attn_mask=bias, scale=scale)
+        return out, lse.to(q.dtype)
+    s = (q @ k.transpose(-1, -2)) * scale + bias
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.softmax(s, dim=-1) @ v, lse
 
 
 def _count_bias(counts: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
