@@ -188,7 +188,8 @@ def _eval_chat(args: argparse.Namespace) -> int:
                 results[spec] = run_recall(
                     fresh, lambda text, tok=tok: len(tok.encode(text)), facts, distances,
                     facts_per_distance=args.n, seed=args.seed, max_tokens=args.max_tokens,
-                    on_progress=progress, max_context=context, acknowledge=False,
+                    on_progress=progress, max_context=context, acknowledge=False, filler=args.filler,
+                    one_per_stream=args.one_per_stream,
                 )  # fmt: skip
                 results[spec]["state_bytes"] = runtime.session("eval-bytes").state.nbytes
     except (FileNotFoundError, ValueError) as e:
@@ -468,7 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--distances", default="512,2048,7168,32768", help="chat: tokens between fact and question"
     )
     ev.add_argument("--max-tokens", type=int, default=32, help="chat: longest answer")
+    ev.add_argument(
+        "--filler",
+        choices=["chat", "passages"],
+        default="chat",
+        help="chat: what lies between fact and question: generated small talk and observations, or "
+        "passages of CPython's help texts the user pastes",
+    )
     ev.add_argument("--quiet", action="store_true", help="chat: no progress lines")
+    ev.add_argument(
+        "--one-per-stream", action="store_true", help="chat: each fact alone in a stream of its own (slower)"
+    )
     ev.set_defaults(func=_eval)
 
     probe = sub.add_parser(

@@ -27,6 +27,7 @@ from statistics import mean
 from typing import Protocol
 
 from ovq.agent.model.generate import SamplingConfig
+from ovq.agent.tasks.filler import filler as chat_filler
 
 SETS_DIR = Path(__file__).parent / "chat_sets"
 DISTANCES = (512, 2048, 8192, 32768)
@@ -229,6 +230,8 @@ def run_recall(
     max_context: int | None = None,
     observation_share: float = 0.0,
     acknowledge: bool = True,
+    filler: str = "passages",
+    one_per_stream: bool = False,
 ) -> dict:
     """Recall of a fact set by distance. `new_session()` gives a fresh session per bucket; questions
     run on its copies. `count_tokens` is the model tokenizer's length of a text (it sizes the filler);
@@ -241,7 +244,12 @@ def run_recall(
     "tokens_seen"} at the start of each bucket and after each answer. `observation_share` of the filler
     exchanges are observation turns instead of passages the user pastes (a template may not know that
     role, so none by default). `acknowledge=False` feeds no assistant turns at all (facts and passages
-    are user turns): a small model shown only fixed acknowledgements answers the question with one."""
+    are user turns): a small model shown only fixed acknowledgements answers the question with one.
+    `filler="chat"` fills with the project's generated small talk and observations (whole turns of
+    both roles) instead of pasted passages of CPython's help texts. `one_per_stream` states each fact
+    in a stream of its own (slower: a stream per fact)."""
+    if filler not in ("passages", "chat"):
+        raise ValueError(f"filler must be 'passages' or 'chat', got {filler!r}")
     fact_set = facts if isinstance(facts, FactSet) else load_fact_set(facts)
     _check_args(fact_set, distances, facts_per_distance, max_tokens, observation_share)
     fixed = (*ACKNOWLEDGEMENTS, PASSAGE_PREFIX, PASSAGE_ACK)
@@ -260,13 +268,41 @@ def run_recall(
             [fact_set.facts[i] for i in chosen[b]],
             distance,
             random.Random(seed * 1_000_003 + b),
-            _Stream(passages, count_tokens, sampling, observation_share, on_progress, acknowledge),
+            _Stream(
+                passages,
+                count_tokens,
+                sampling,
+                observation_share,
+                on_progress,
+                acknowledge,
+                filler == "chat",
+                tuple(every_answer),
+            ),  # fmt: skip
         )
         needed = bucket.tokens_needed(max_tokens)
         if max_context is not None and needed > max_context:
             buckets.append({"distance": distance, "skipped": SKIPPED, "needed_tokens": needed})
-        else:
+        elif not one_per_stream:
             buckets.append(bucket.run(new_session()))
+        else:  # each fact alone in a stream of its own: no fact competes with another for the memory
+            runs = [
+                _Bucket([fact], distance, random.Random(seed * 1_000_003 + b * 1_009 + i), bucket.stream).run(
+                    new_session()
+                )
+                for i, fact in enumerate(bucket.facts)
+            ]
+            per_fact = [r for run in runs for r in run["per_fact"]]
+            hits = sum(r["hit"] for r in per_fact)
+            buckets.append(
+                {
+                    "distance": distance,
+                    "mean_measured_distance": round(mean(r["distance"] for r in per_fact), 1),
+                    "hits": hits,
+                    "total": len(per_fact),
+                    "accuracy": hits / len(per_fact),
+                    "per_fact": per_fact,
+                }
+            )
 
     ran = [b for b in buckets if "skipped" not in b]
     hits, total = sum(b["hits"] for b in ran), sum(b["total"] for b in ran)
@@ -310,6 +346,8 @@ class _Stream:  # what every bucket of a run shares
     observation_share: float
     on_progress: Callable[[dict], None] | None
     acknowledge: bool
+    chat_filler: bool  # the project's generated small talk and observations, instead of passages
+    answers: tuple[str, ...]  # of the whole set: filler holding one is skipped
 
 
 class _Bucket:  # one distance bucket: its stream and its questions
@@ -386,6 +424,9 @@ class _Bucket:  # one distance bucket: its stream and its questions
     # One filler exchange of about `need` tokens: a passage the user pastes and the assistant's fixed
     # thanks, or an observation. Questions come only between exchanges, never after a lone user turn.
     def _exchange(self, need: int) -> None:
+        if self.stream.chat_filler:
+            self._chat(need)
+            return
         if self.rng.random() < self.stream.observation_share:
             self._feed(self.filler.text(need - self.overhead["observation"]), "observation")
             return
@@ -395,6 +436,17 @@ class _Bucket:  # one distance bucket: its stream and its questions
         budget = need - self.overhead["user"] - self.overhead["assistant"] - self.count(PASSAGE_ACK)
         self._feed(self.filler.text(budget, PASSAGE_PREFIX), "user")
         self._feed(PASSAGE_ACK, "assistant")
+
+    # Generated chat filler (small talk, weather reports, logs, recipes, notes: agent/tasks/filler.py),
+    # whole turns of the roles it was written with, until about `need` tokens are fed.
+    def _chat(self, need: int) -> None:
+        start = self.session.tokens_seen
+        while self.session.tokens_seen - start < need:
+            piece = chat_filler(self.rng, "test", 0.3, max_len=max(200, 4 * need))
+            if piece is None or _contains_any(piece, self.stream.answers):
+                continue
+            for role, text in _turns(piece):
+                self._feed(text, role)
 
     # Ask every stated fact that now lies `distance` tokens back, each on its own copy.
     def _ask_due(self) -> None:
@@ -459,3 +511,11 @@ def to_markdown(results_by_label: dict[str, dict]) -> str:
     if spans:
         lines += ["", "Mean measured distance (tokens): " + ", ".join(spans)]
     return "\n".join(lines) + "\n"
+
+
+_TURN = re.compile(r"<\|(user|assistant|observation)\|>(.*?)<\|end\|>", re.S)
+
+
+def _turns(plain: str) -> list[tuple[str, str]]:
+    """(role, text) of each turn of text written in the plain chat format (generated filler)."""
+    return [(m.group(1), m.group(2)) for m in _TURN.finditer(plain)]

@@ -438,3 +438,34 @@ def test_run_recall_checks_its_arguments():
             run_recall(new_session, count_words, TUNING, **kw)
     result = run_recall(new_session, count_words, "tuning", distances=(64,), facts_per_distance=2)
     assert result["set"] == "tuning" and result["total"] == 2
+
+
+# ---- chat filler, streams of one fact, no acknowledgements
+
+
+def test_chat_filler_feeds_whole_turns_of_both_roles_without_answers_and_keeps_distances():
+    result, log = run(distances=(256, 1024), filler="chat", acknowledge=False)
+    answers = [a for f in TUNING.facts for a in f.answers]
+    stream = log[0]
+    roles = {role for role, _ in stream.turns}
+    assert {"user", "assistant"} <= roles  # small talk has both sides
+    facts = {f.statement for f in TUNING.facts}
+    assert all(role == "user" for role, text in stream.turns if text in facts)  # no fixed acknowledgement
+    filler = [text for _, text in stream.turns if text not in facts]
+    assert filler and not any(is_hit(text, answers) for text in filler)
+    for bucket in result["buckets"]:
+        assert all(bucket["distance"] <= r["distance"] for r in bucket["per_fact"])
+        assert bucket["hits"] == bucket["total"]  # the fake remembers everything here
+
+
+def test_one_fact_per_stream_makes_a_stream_per_fact():
+    result, log = run(distances=(128, 512), one_per_stream=True, facts_per_distance=3)
+    assert len(log) == 6  # 2 buckets x 3 facts, each its own session
+    for stream in log:
+        assert sum(text in {f.statement for f in TUNING.facts} for _, text in stream.turns) == 1
+    assert [b["total"] for b in result["buckets"]] == [3, 3]
+
+
+def test_an_unknown_filler_is_refused():
+    with pytest.raises(ValueError, match="filler must be"):
+        run(filler="poetry")
