@@ -373,13 +373,15 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> to
         k_sink = rope(k_sink, torch.full((n_s,), offset, device=q.device), inv_freq)
     keys = torch.cat([k_sink, state.k_buf[:, :, :n_b]], dim=2)  # [B, Hkv, n_s + n_b, D]
     values = torch.cat([state.v_sink[:, :, :n_s], state.v_buf[:, :, :n_b]], dim=2)
-    key_pos = torch.cat(
-        [torch.arange(n_s, device=q.device), torch.arange(state.pos - n_b, state.pos, device=q.device)]
-    )
-    causal = torch.zeros(Tq, n_s + n_b, dtype=sdt, device=q.device).masked_fill_(
-        key_pos > t[:, None], float("-inf")
-    )
-    out, lse = _attend(q_abs, keys, values, causal.repeat(G, 1), scale)
+    causal = None  # one query (decoding) sees every key held: the mask would hide nothing
+    if Tq > 1:
+        key_pos = torch.cat(
+            [torch.arange(n_s, device=q.device), torch.arange(state.pos - n_b, state.pos, device=q.device)]
+        )
+        hidden = key_pos > t[:, None]  # [Tq, n_s + n_b]
+        causal = torch.zeros(Tq, n_s + n_b, dtype=sdt, device=q.device).masked_fill_(hidden, float("-inf"))
+        causal = causal.repeat(G, 1)
+    out, lse = _attend(q_abs, keys, values, causal, scale)
 
     # pass 2: the dictionary, merged with pass 1 as one softmax over the union
     n = state.size
@@ -405,7 +407,9 @@ def _attend(q, k, v, bias, scale) -> tuple[torch.Tensor, torch.Tensor]:
     if _FLASH_CPU is not None and q.device.type == "cpu":
         out, lse = _FLASH_CPU(q, k, v, attn_mask=bias, scale=scale)
         return out, lse.to(q.dtype)
-    s = (q @ k.transpose(-1, -2)) * scale + bias
+    s = (q @ k.transpose(-1, -2)) * scale
+    if bias is not None:
+        s = s + bias
     lse = torch.logsumexp(s, dim=-1)
     return torch.softmax(s, dim=-1) @ v, lse
 
