@@ -151,6 +151,18 @@ class MemoryPanel(VerticalScroll):
 
     def show(self, stats: dict, tok_s: float | None) -> None:
         self.stats, self.tok_s = stats, tok_s
+        # Hidden (another tab in front), the tables wait: redrawing a pretrained model's 120 rows
+        # twice a second holds the GIL that the generating thread needs between its torch ops.
+        if self.region.area == 0:
+            return
+        self._render_tables()
+
+    def on_show(self) -> None:
+        if self.stats is not None:
+            self._render_tables()
+
+    def _render_tables(self) -> None:
+        stats, tok_s = self.stats, self.tok_s
         summary = Text()
         for key, value in summary_rows(stats, tok_s):
             summary.append(f"{key:<14}", style="bold")
