@@ -288,6 +288,27 @@ def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> to
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+class Rotary:
+    """cos/sin tables for runs of positions (first, first + step, ...), made once per forward call and
+    shared by every layer: all layers rotate the same positions, and the tables cost more Python than
+    the rotations when decoding one token."""
+
+    def __init__(self, inv_freq: torch.Tensor) -> None:
+        self.inv_freq = inv_freq.to(torch.float64)  # [D/2]
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def apply(self, x: torch.Tensor, first: int, step: int = 1) -> torch.Tensor:
+        """x [..., T, D] rotated at positions first + step * i (i < T): what `rope` computes."""
+        key = (first, x.shape[-2], step, x.dtype, x.device)
+        if key not in self._tables:
+            pos = first + step * torch.arange(x.shape[-2], dtype=torch.float64, device=x.device)
+            ang = pos[:, None] * self.inv_freq.to(x.device)[None, :]  # [T, D/2]
+            self._tables[key] = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+        cos, sin = self._tables[key]
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 # ---- the layer op ----------------------------------------------------------------------------
 
 
@@ -299,9 +320,11 @@ def window_memory_attention(
     plan: LayerPlan,
     inv_freq: torch.Tensor,  # [D/2]
     backend: str = "torch",
+    rotary: Rotary | None = None,  # tables shared by the layers of one forward call
 ) -> tuple[torch.Tensor, WindowMemoryState]:
     """Attention of T new tokens over the layer's bounded state; the state is updated in place and
     returned. Output [B, Hq, T, D] in q's dtype."""
+    rotary = Rotary(inv_freq) if rotary is None else rotary
     B, Hq, T, D = q.shape
     if plan.kind == "full" and state.pos + T > plan.context:
         raise ValueError(
@@ -312,10 +335,10 @@ def window_memory_attention(
     i = 0
     while i < T:
         j = i + _segment_length(state, plan, T - i)
-        out[:, :, i:j] = _segment(q[:, :, i:j], k[:, :, i:j], v[:, :, i:j], state, plan, inv_freq)
+        out[:, :, i:j] = _segment(q[:, :, i:j], k[:, :, i:j], v[:, :, i:j], state, plan, rotary)
         if plan.kind != "full" and state.pos == _next_fold(state, plan):
             if plan.kind == "memory":
-                _fold(state, plan, inv_freq, backend)
+                _fold(state, plan, rotary, backend)
             else:  # StreamingLLM: the chunk is forgotten
                 _drop_front(state, plan.L)
                 state.folded += plan.L
@@ -337,15 +360,15 @@ def _segment_length(state: WindowMemoryState, plan: LayerPlan, remaining: int) -
     return n
 
 
-def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> torch.Tensor:
+def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary) -> torch.Tensor:
     B, Hq, Tq, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     sdt = state.k_buf.dtype
-    t = torch.arange(state.pos, state.pos + Tq, device=q.device)  # absolute positions of the queries
+    t0 = state.pos  # the queries sit at t0 .. t0 + Tq - 1
 
     # store the new keys (rotated at their positions): sinks first, the rest into the buffer
-    k_rot = rope(k.to(sdt), t, inv_freq)
+    k_rot = rotary.apply(k.to(sdt), t0)
     n_sink = max(0, min(plan.S - state.pos, Tq))
     if n_sink:
         a = state.pos
@@ -361,7 +384,7 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> to
 
     # [B, Hkv, G*Tq, D]: a GQA group's query heads read their KV head's keys as one matrix
     qf = q.to(sdt)
-    q_abs = rope(qf, t, inv_freq).reshape(B, Hkv, G * Tq, D)
+    q_abs = rotary.apply(qf, t0).reshape(B, Hkv, G * Tq, D)
     scale = 1.0 / math.sqrt(D)
 
     # pass 1: sinks + window. Sinks sit at their cache positions: each lies `offset` positions further
@@ -370,7 +393,7 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> to
     offset = state.folded
     k_sink = state.k_sink[:, :, :n_s]
     if offset and n_s:
-        k_sink = rope(k_sink, torch.full((n_s,), offset, device=q.device), inv_freq)
+        k_sink = rotary.apply(k_sink, offset, step=0)
     keys = torch.cat([k_sink, state.k_buf[:, :, :n_b]], dim=2)  # [B, Hkv, n_s + n_b, D]
     values = torch.cat([state.v_sink[:, :, :n_s], state.v_buf[:, :, :n_b]], dim=2)
     causal = None  # one query (decoding) sees every key held: the mask would hide nothing
@@ -378,6 +401,7 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> to
         key_pos = torch.cat(
             [torch.arange(n_s, device=q.device), torch.arange(state.pos - n_b, state.pos, device=q.device)]
         )
+        t = torch.arange(t0, t0 + Tq, device=q.device)
         hidden = key_pos > t[:, None]  # [Tq, n_s + n_b]
         causal = torch.zeros(Tq, n_s + n_b, dtype=sdt, device=q.device).masked_fill_(hidden, float("-inf"))
         causal = causal.repeat(G, 1)
@@ -387,9 +411,7 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, inv_freq) -> to
     n = state.size
     if n:
         if plan.key_space == "pre_rope":  # the query rotated by the read distance: centroids at 0
-            q_read = rope(qf, torch.full((Tq,), plan.distance, device=q.device), inv_freq).reshape(
-                B, Hkv, G * Tq, D
-            )
+            q_read = rotary.apply(qf, plan.distance, step=0).reshape(B, Hkv, G * Tq, D)
         else:
             q_read = q_abs
         bias = _count_bias(state.counts[:, :, :n], plan).to(sdt).unsqueeze(2)  # [B, Hkv, 1, n]
@@ -432,13 +454,12 @@ def _drop_front(state: WindowMemoryState, n: int) -> None:
     state.buf_len = max(keep, 0)
 
 
-def _fold(state: WindowMemoryState, plan: LayerPlan, inv_freq, backend: str) -> None:
+def _fold(state: WindowMemoryState, plan: LayerPlan, rotary: Rotary, backend: str) -> None:
     """Fold the oldest L buffer rows (chunk c) into the dictionary (docs/ovq.md 4)."""
     L = plan.L
     chunk_k, chunk_v = state.k_buf[:, :, :L], state.v_buf[:, :, :L]  # [B, Hkv, L, D]
     if plan.key_space == "pre_rope":  # un-rotate: the centroid averages what the token said
-        p = torch.arange(plan.S + state.folded, plan.S + state.folded + L, device=chunk_k.device)
-        chunk_k = rope(chunk_k, -p, inv_freq)
+        chunk_k = rotary.apply(chunk_k, -(plan.S + state.folded), step=-1)
     else:
         chunk_k = chunk_k.clone()
     chunk_v = chunk_v.clone()
@@ -458,6 +479,7 @@ __all__ = [
     "PRESETS",
     "LayerPlan",
     "RetrofitConfig",
+    "Rotary",
     "WindowMemoryState",
     "rope",
     "window_memory_attention",

@@ -22,6 +22,7 @@ from ovq.agent.model.pretrained.llama import LlamaLM
 from ovq.agent.model.pretrained.retrofit import (
     LayerPlan,
     RetrofitConfig,
+    Rotary,
     WindowMemoryState,
     window_memory_attention,
 )
@@ -142,13 +143,14 @@ class RetrofitLM(nn.Module):
             return torch.empty(B, 0, V, device=tokens.device), state
         body = self.llama.model
         x = body.embed_tokens(tokens)  # [B, T, C]
+        rotary = Rotary(self.inv_freq)  # one set of rotation tables for all layers of this call
         for block, s, plan in zip(body.layers, state.layers, self._plans):
             attn = block.self_attn
             h = block.input_layernorm(x)
             q = attn.q_proj(h).view(B, T, attn.Hq, attn.D).transpose(1, 2)  # [B, Hq, T, D]
             k = attn.k_proj(h).view(B, T, attn.Hkv, attn.D).transpose(1, 2)  # [B, Hkv, T, D]
             v = attn.v_proj(h).view(B, T, attn.Hkv, attn.D).transpose(1, 2)
-            o, _ = window_memory_attention(q, k, v, s, plan, self.inv_freq, self.backend)
+            o, _ = window_memory_attention(q, k, v, s, plan, self.inv_freq, self.backend, rotary)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, attn.Hq * attn.D))
             x = x + block.mlp(block.post_attention_layernorm(x))
         if last_only:
