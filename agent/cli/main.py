@@ -117,7 +117,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _eval_compare(args: argparse.Namespace) -> int:
-    import json
 
     from ovq.agent.eval.compare import compare, merge, plot, to_markdown
 
@@ -145,7 +144,13 @@ def _eval_compare(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq eval: {e}", file=sys.stderr)
         return 2
-    table = to_markdown(result)
+    return _report(args, result, to_markdown(result))
+
+
+def _report(args: argparse.Namespace, result: dict, table: str) -> int:
+    """A side-by-side result: JSON to --json, the markdown table to --markdown and to stdout."""
+    import json
+
     if args.json:
         with open(args.json, "w") as f:
             f.write(json.dumps(result, indent=2) + "\n")
@@ -158,7 +163,6 @@ def _eval_compare(args: argparse.Namespace) -> int:
 
 def _eval_chat(args: argparse.Namespace) -> int:
     """Chat recall of one model under several memory settings, side by side (agent/eval/chat_recall.py)."""
-    import json
     import tempfile
 
     from ovq.agent.eval.chat_recall import load_fact_set, run_recall, to_markdown
@@ -195,15 +199,7 @@ def _eval_chat(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq eval chat: {e}", file=sys.stderr)
         return 2
-    table = to_markdown(results)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(json.dumps(results, indent=2) + "\n")
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table)
-    print(table, end="")
-    return 0
+    return _report(args, results, to_markdown(results))
 
 
 def _int_list(flag: str, text: str) -> list[int]:
