@@ -166,7 +166,7 @@ def _eval_chat(args: argparse.Namespace) -> int:
     import tempfile
 
     from ovq.agent.eval.chat_recall import load_fact_set, run_recall, to_markdown
-    from ovq.agent.runtime.session import Runtime
+    from ovq.agent.runtime.session import Runtime, Session
 
     retrofits = [r.strip() for r in (args.retrofits or "full;streaming;memory").split(";") if r.strip()]
     try:
@@ -180,10 +180,9 @@ def _eval_chat(args: argparse.Namespace) -> int:
                 plans = getattr(runtime.model.config, "plans", None)
                 full = plans is not None and plans[0].kind == "full"
                 context = runtime.model.config.llama.max_context if full else None
-                counter = iter(range(10**9))
 
-                def fresh(runtime=runtime, counter=counter):
-                    return runtime.session(f"eval-{next(counter)}").copy()
+                def fresh(runtime=runtime):  # a stream of its own, kept by nothing once its bucket is done
+                    return Session(runtime, "eval", persist=False)
 
                 def progress(p: dict, spec=spec) -> None:
                     if not args.quiet:
@@ -195,7 +194,7 @@ def _eval_chat(args: argparse.Namespace) -> int:
                     on_progress=progress, max_context=context, acknowledge=False, filler=args.filler,
                     one_per_stream=args.one_per_stream,
                 )  # fmt: skip
-                results[spec]["state_bytes"] = runtime.session("eval-bytes").state.nbytes
+                results[spec]["state_bytes"] = fresh().state.nbytes
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq eval chat: {e}", file=sys.stderr)
         return 2

@@ -30,6 +30,8 @@ from ovq.agent.model.names import (  # noqa: F401  (re-exported: where a model i
     resolve_model_path,
     shipped_models,
 )
+from ovq.agent.model.pretrained import PretrainedError, load_pretrained
+from ovq.agent.model.pretrained.chat_template import CHATML, TemplateChat, TemplateError
 from ovq.agent.model.pretrained.retrofit import RetrofitConfig, parse_retrofit
 from ovq.agent.model.pretrained.streaming import RetrofitLM
 from ovq.agent.model.tokenizer import Tokenizer
@@ -131,9 +133,6 @@ def load_model(
 
 
 def _load_pretrained(path: Path, device, capacity: int | None, retrofit) -> LoadedModel:
-    from ovq.agent.model.pretrained import PretrainedError, load_pretrained
-    from ovq.agent.model.pretrained.chat_template import CHATML, TemplateChat, TemplateError
-
     config = retrofit if isinstance(retrofit, RetrofitConfig) else parse_retrofit(retrofit)
     if capacity is not None:
         _check_capacity(capacity)

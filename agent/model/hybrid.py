@@ -25,6 +25,7 @@ from ovq.agent.model.linear_attention import GatedLinearAttention, LinearState
 from ovq.agent.model.tokenizer import ChatFormat, chat_format
 from ovq.memory import OVQConfig, OVQState
 from ovq.memory.layer import OVQAttention
+from ovq.memory.stats import memory_stats
 
 LAYER_KINDS = ("swa", "ovq", "full", "nope", "linear", "conv")
 
@@ -207,6 +208,13 @@ class HybridLM(nn.Module):
         """Raise ValueError if a restored layer state is inconsistent (OVQ layers check their own)."""
         if isinstance(state, OVQState):
             state.validate()
+
+    def layer_stats(self, i: int, state: LayerState) -> dict:
+        """Layer i's entry of Session.stats(): its kind, bytes and (OVQ layers) dictionary statistics."""
+        entry = {"kind": self.config.kinds[i], "state_bytes": state.nbytes}
+        if isinstance(state, OVQState):
+            entry["memory"] = memory_stats(state).to_dict()
+        return entry
 
     def init_state(self, B: int = 1, dtype: torch.dtype = torch.float32, device=None) -> ModelState:
         device = self.embed.weight.device if device is None else device

@@ -22,13 +22,9 @@ from ovq.agent.eval.probes import ProbeReport, ProbeSuite, load_suite, run_probe
 from ovq.agent.model.checkpoint import LoadedModel, load_model
 from ovq.agent.model.generate import CancelToken, SamplingConfig, generate_tokens, stream_text
 from ovq.agent.model.hybrid import ModelState
-from ovq.agent.model.pretrained.retrofit import WindowMemoryState
-from ovq.agent.model.pretrained.streaming import RetrofitLM
 from ovq.agent.model.tokenizer import ASSISTANT, USER
 from ovq.agent.runtime.persist import default_store_path, make_snapshot, restore_state
 from ovq.agent.runtime.text import clean, segments
-from ovq.memory import OVQState
-from ovq.memory.stats import dictionary_stats, memory_stats
 from ovq.snapshots import CorruptSnapshot, FingerprintMismatch, SnapshotError, decode, encode_parts
 from ovq.snapshots.store import SnapshotInfo, SnapshotStore
 
@@ -389,12 +385,7 @@ class Session:
         bytes, tokens seen, and the bytes a full float32 KV cache would need for this stream."""
         with self.lock:
             model = self.runtime.model
-            chunks = (
-                [p.L for p in model.config.plans]
-                if isinstance(model, RetrofitLM)
-                else [None] * len(self.state.layers)
-            )
-            layers = [layer_stats(k, s, c) for k, s, c in zip(model.config.kinds, self.state.layers, chunks)]
+            layers = [model.layer_stats(i, s) for i, s in enumerate(self.state.layers)]
             return {
                 "session": self.name,
                 "tokens_seen": self.state.pos,
@@ -416,20 +407,3 @@ class Session:
         if not allow_empty and not text.strip():
             raise ValueError("empty input: nothing to say")
         return text
-
-
-def layer_stats(kind: str, s, chunk: int | None = None) -> dict:
-    """One layer's entry of Session.stats(); `chunk`: a retrofit layer's L."""
-    entry = {"kind": kind, "state_bytes": s.nbytes}
-    if isinstance(s, OVQState):
-        entry["memory"] = memory_stats(s).to_dict()
-    elif isinstance(s, WindowMemoryState):
-        B, H, N = s.counts.shape
-        entry["window"], entry["sinks"] = s.buf_len, min(s.pos, s.k_sink.shape[2])
-        if N:
-            entry["memory"] = dictionary_stats(
-                s.counts, s.size, N, tokens_seen=s.pos, tokens_folded=s.folded, chunk=chunk,
-                pending=s.buf_len, state_bytes=s.nbytes,
-                kv_cache_bytes=2 * B * H * s.pos * s.k_buf.shape[-1] * s.k_buf.element_size(),
-            ).to_dict()  # fmt: skip
-    return entry

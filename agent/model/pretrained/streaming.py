@@ -26,6 +26,7 @@ from ovq.agent.model.pretrained.retrofit import (
     WindowMemoryState,
     window_memory_attention,
 )
+from ovq.memory.stats import dictionary_stats
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -117,6 +118,21 @@ class RetrofitLM(nn.Module):
 
     def validate_layer_state(self, i: int, state: WindowMemoryState) -> None:
         state.validate(self._plans[i])
+
+    def layer_stats(self, i: int, state: WindowMemoryState) -> dict:
+        """Layer i's entry of Session.stats(): kind, bytes, window and sinks held, and (memory layers)
+        the dictionary's statistics."""
+        plan = self._plans[i]
+        entry = {"kind": plan.kind, "state_bytes": state.nbytes}
+        entry["window"], entry["sinks"] = state.buf_len, min(state.pos, plan.S)
+        if plan.N:
+            B, Hkv, D = state.keys.shape[0], state.keys.shape[1], state.keys.shape[-1]
+            entry["memory"] = dictionary_stats(
+                state.counts, state.size, plan.N, tokens_seen=state.pos, tokens_folded=state.folded,
+                chunk=plan.L, pending=state.buf_len, state_bytes=state.nbytes,
+                kv_cache_bytes=2 * B * Hkv * state.pos * D * state.k_buf.element_size(),
+            ).to_dict()  # fmt: skip
+        return entry
 
     def kv_cache_bytes(self, tokens: int) -> int:
         """What full attention's float32 KV cache would hold for `tokens` tokens."""
