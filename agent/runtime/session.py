@@ -138,7 +138,7 @@ class Session:
         `on_forward(tokens fed so far)` runs after each piece, holding the session's lock: it may
         save (a snapshot inside a turn holds the tokens fed so far; the transcript lists the turn
         once it is whole)."""
-        text = self._check_text(text)
+        said = text = self._check_text(text)
         if role is not None:
             if role not in ("user", "assistant", "observation"):
                 raise ValueError(f"role must be user, assistant or observation, got {role!r}")
@@ -151,8 +151,8 @@ class Session:
                     fed += self.feed_ids(ids[a : a + FEED_TOKENS])
                     if on_forward is not None:
                         on_forward(fed)
-            if role is not None:
-                self.transcript.turns.append(Turn(role, text))
+            if role is not None:  # the transcript holds what was said, not the chat format's markup
+                self.transcript.turns.append(Turn(role, said))
             return fed
 
     def feed_ids(self, ids: list[int]) -> int:

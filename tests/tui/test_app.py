@@ -223,6 +223,7 @@ async def test_resuming_a_session_shows_its_transcript_and_history(model_dir, st
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
         shown = app.query_one(ChatLog).turns
+        assert shown[0] == ("observation", "the deploy key is 7F3A")  # what was said, not the markup
         assert [r for r, _ in shown] == ["observation", "user", "assistant"]
         assert shown[1] == ("user", "remember the key") and shown[2][1] == s.transcript.turns[-1].text
         assert app.session.tokens_seen == s.tokens_seen
