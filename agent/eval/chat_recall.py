@@ -11,6 +11,11 @@ Filler is prose from CPython's own help texts (`pydoc_data.topics`, PSF licence)
 user is reading: ordinary text unrelated to the facts, deterministic by seed, and never containing an
 answer of the set.
 
+Two scores per fact: a hit when an accepted answer occurs in the greedy reply (what a user sees), and
+the answer's log-probability (the accepted answer in the form the statement used, teacher-forced as
+the start of the reply, on another copy): a graded measure of what the memory still holds, which tells
+settings apart where a small model's greedy replies are mostly misses for all of them.
+
 Fact sets (TOML) ship in chat_sets/: `tuning` for design decisions, `heldout` for the final table only.
 """
 
@@ -58,6 +63,8 @@ class ChatSession(Protocol):
     def feed(self, text: str, role: str | None = None) -> int: ...
 
     def reply(self, message: str, sampling: SamplingConfig) -> str: ...
+
+    def score_reply(self, message: str, reply: str) -> list[float]: ...
 
     def copy(self) -> ChatSession: ...
 
@@ -233,21 +240,21 @@ def run_recall(
     filler: str = "passages",
     one_per_stream: bool = False,
 ) -> dict:
-    """Recall of a fact set by distance. `new_session()` gives a fresh session per bucket; questions
-    run on its copies. `count_tokens` is the model tokenizer's length of a text (it sizes the filler);
-    distances themselves are measured with `tokens_seen`.
+    """Recall of a fact set by distance. `new_session()` gives a fresh session per bucket; questions run on
+    its copies. `count_tokens` is the model tokenizer's length of a text (it sizes the filler); distances
+    themselves are measured with `tokens_seen`.
 
     Returns {"set", "seed", "facts_per_distance", "max_tokens", "hits", "total", "accuracy", "buckets"},
-    each bucket {"distance", "mean_measured_distance", "hits", "total", "accuracy", "per_fact": [{"id",
-    "distance", "expected", "reply", "hit"}]}, or {"distance", "skipped", "needed_tokens"} when its
-    stream would pass `max_context` tokens. `on_progress` gets {"distance", "answered", "total",
-    "tokens_seen"} at the start of each bucket and after each answer. `observation_share` of the filler
-    exchanges are observation turns instead of passages the user pastes (a template may not know that
-    role, so none by default). `acknowledge=False` feeds no assistant turns at all (facts and passages
-    are user turns): a small model shown only fixed acknowledgements answers the question with one.
-    `filler="chat"` fills with the project's generated small talk and observations (whole turns of
-    both roles) instead of pasted passages of CPython's help texts. `one_per_stream` states each fact
-    in a stream of its own (slower: a stream per fact)."""
+    each bucket {"distance", "mean_measured_distance", "hits", "total", "accuracy", "answer_logprob",
+    "per_fact": [{"id", "distance", "expected", "reply", "hit", "answer_logprob"}]}, or {"distance",
+    "skipped", "needed_tokens"} when its stream would pass `max_context` tokens. `on_progress` gets
+    {"distance", "answered", "total", "tokens_seen"} at the start of each bucket and after each answer.
+    `observation_share` of the filler exchanges are observation turns instead of passages the user pastes
+    (a template may not know that role, so none by default). `acknowledge=False` feeds no assistant turns
+    at all (facts and passages are user turns): a small model shown only fixed acknowledgements answers
+    the question with one. `filler="chat"` fills with the project's generated small talk and observations
+    (whole turns of both roles) instead of pasted passages of CPython's help texts. `one_per_stream`
+    states each fact in a stream of its own (slower: a stream per fact)."""
     if filler not in ("passages", "chat"):
         raise ValueError(f"filler must be 'passages' or 'chat', got {filler!r}")
     fact_set = facts if isinstance(facts, FactSet) else load_fact_set(facts)
@@ -291,18 +298,7 @@ def run_recall(
                 )
                 for i, fact in enumerate(bucket.facts)
             ]
-            per_fact = [r for run in runs for r in run["per_fact"]]
-            hits = sum(r["hit"] for r in per_fact)
-            buckets.append(
-                {
-                    "distance": distance,
-                    "mean_measured_distance": round(mean(r["distance"] for r in per_fact), 1),
-                    "hits": hits,
-                    "total": len(per_fact),
-                    "accuracy": hits / len(per_fact),
-                    "per_fact": per_fact,
-                }
-            )
+            buckets.append(_summary(distance, [r for run in runs for r in run["per_fact"]]))
 
     ran = [b for b in buckets if "skipped" not in b]
     hits, total = sum(b["hits"] for b in ran), sum(b["total"] for b in ran)
@@ -315,6 +311,20 @@ def run_recall(
         "total": total,
         "accuracy": hits / total if total else None,
         "buckets": buckets,
+    }
+
+
+# A bucket's result from its facts' results.
+def _summary(distance: int, per_fact: list[dict]) -> dict:
+    hits = sum(r["hit"] for r in per_fact)
+    return {
+        "distance": distance,
+        "mean_measured_distance": round(mean(r["distance"] for r in per_fact), 1),
+        "hits": hits,
+        "total": len(per_fact),
+        "accuracy": hits / len(per_fact),
+        "answer_logprob": round(mean(r["answer_logprob"] for r in per_fact), 3),
+        "per_fact": per_fact,
     }
 
 
@@ -393,15 +403,7 @@ class _Bucket:  # one distance bucket: its stream and its questions
             self._ask_due()
         while self.pending:
             self._fill(self._due())
-        hits = sum(r["hit"] for r in self.per_fact)
-        return {
-            "distance": self.distance,
-            "mean_measured_distance": round(mean(r["distance"] for r in self.per_fact), 1),
-            "hits": hits,
-            "total": len(self.per_fact),
-            "accuracy": hits / len(self.per_fact),
-            "per_fact": self.per_fact,
-        }
+        return _summary(self.distance, self.per_fact)
 
     def _due(self) -> int:  # tokens_seen at which the oldest pending fact lies `distance` back
         return self.pending[0][1] + self.distance
@@ -454,6 +456,8 @@ class _Bucket:  # one distance bucket: its stream and its questions
         while self.pending and now - self.pending[0][1] >= self.distance:
             fact, after = self.pending.pop(0)
             reply = self.session.copy().reply(fact.question, self.stream.sampling)
+            said = next(a for a in fact.answers if is_hit(fact.statement, [a]))  # as the user wrote it
+            nats = sum(self.session.copy().score_reply(fact.question, said))
             self.per_fact.append(
                 {
                     "id": fact.id,
@@ -461,6 +465,7 @@ class _Bucket:  # one distance bucket: its stream and its questions
                     "expected": list(fact.answers),
                     "reply": reply,
                     "hit": is_hit(reply, fact.answers),
+                    "answer_logprob": round(nats, 4),
                 }
             )
             self._progress()
@@ -482,7 +487,8 @@ class _Bucket:  # one distance bucket: its stream and its questions
 
 def to_markdown(results_by_label: dict[str, dict]) -> str:
     """One table: a row per label (a model or memory setting), a column per distance bucket, each cell
-    "hits/total (acc%)" or "skipped"; below it, the mean measured distance of each bucket."""
+    "hits/total (acc%) logprob" (the mean log-probability of the answer, nats) or "skipped"; below it,
+    the mean measured distance of each bucket."""
     distances: list[int] = []
     for result in results_by_label.values():
         distances += [b["distance"] for b in result["buckets"] if b["distance"] not in distances]
@@ -504,7 +510,9 @@ def to_markdown(results_by_label: dict[str, dict]) -> str:
             elif "skipped" in b:
                 cells.append("skipped")
             else:
-                cells.append(f"{b['hits']}/{b['total']} ({100 * b['accuracy']:.0f}%)")
+                cells.append(
+                    f"{b['hits']}/{b['total']} ({100 * b['accuracy']:.0f}%) {b['answer_logprob']:.2f}"
+                )
                 measured[d].append(b["mean_measured_distance"])
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     spans = [f"D={d:,}: {mean(m):,.0f}" for d, m in measured.items() if m]

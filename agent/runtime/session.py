@@ -163,6 +163,42 @@ class Session:
                 self._forward(ids[a : a + FEED_TOKENS])
             return len(ids)
 
+    @torch.no_grad()
+    def score(self, text: str, context: str = "") -> list[float]:
+        """Feed `context` then `text` (no role: wrap them yourself, e.g. with the chat format) and
+        return the log-probability (nats) of each of `text`'s tokens given everything before it: the
+        perplexity of a text under this session's memory, or how strongly it predicts an answer
+        (`score("Pumpernickel", context=question_turn)`). Without `context` the first token of
+        `text` has no prediction in this call and is not scored."""
+        text = self._check_text(text, allow_empty=False)
+        tok = self.runtime.tokenizer
+        with self.lock:
+            self._start()
+            before, ids = tok.encode(self._check_text(context)) if context else [], tok.encode(text)
+            self._check_ids(before + ids)
+            all_ids, scores = before + ids, []  # scores[j]: log p(all_ids[j + 1] | all_ids[: j + 1])
+            for a in range(0, len(all_ids), FEED_TOKENS):
+                piece = all_ids[a : a + FEED_TOKENS]
+                logits, self.state = self.runtime.model(
+                    torch.tensor([piece], device=self.runtime.model.device), self.state
+                )
+                # [T] targets, or [T-1] for the last piece: the stream's last token predicts nothing here
+                targets = torch.tensor(all_ids[a + 1 : a + len(piece) + 1], device=logits.device)
+                logp = logits[0, : len(targets)].float().log_softmax(-1)  # [len(targets), V]
+                scores += logp.gather(-1, targets[:, None])[:, 0].tolist()
+            return scores[max(len(before) - 1, 0) :]
+
+    def score_reply(self, message: str, reply: str) -> list[float]:
+        """The log-probability (nats) of each token of `reply` as the assistant's answer to the user's
+        `message`, both fed as a chat turn would be (the stream then holds them, unclosed: score on a
+        `copy()` to keep the session as it was)."""
+        chat = self.runtime.model.config.chat
+        message = self._check_text(message, allow_empty=False)
+        # what the model writes after the prompt: a format whose turns open with a prefix (a space)
+        # writes that too
+        written = chat.open(ASSISTANT)[len(chat.prompt) :] + self._check_text(reply, allow_empty=False)
+        return self.score(written, context=chat.turn(USER, message) + chat.prompt)
+
     def _check_ids(self, ids: list[int]) -> None:
         vocab = self.runtime.tokenizer.vocab_size
         # checked up front, not per forward: a bad id late in the list must not leave a half-fed stream

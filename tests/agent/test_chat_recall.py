@@ -6,6 +6,7 @@ import copy
 import itertools
 import re
 import tomllib
+from statistics import mean
 
 import pytest
 
@@ -80,6 +81,14 @@ class FakeSession:
         assert self.parent.tokens_seen == before  # asking on a copy leaves the main stream as it was
         return text
 
+    def score_reply(self, message: str, reply: str) -> list[float]:
+        """Log-probabilities of the reply's words: certain when the answer is in memory, else a guess
+        among e^5 words each."""
+        assert self.parent is not None, "an answer was scored on the main stream"
+        self.feed(message, "user")
+        known = is_hit(" ".join(self.words[-self.memory :]), [reply])
+        return [0.0 if known else -5.0 for _ in reply.split()]
+
     def copy(self) -> FakeSession:
         twin = copy.copy(self)
         twin.words, twin.turns, twin.parent = list(self.words), list(self.turns), self
@@ -153,6 +162,12 @@ def test_facts_within_memory_are_hit_and_those_beyond_it_missed():
     assert result["set"] == "tuning"
     hit = result["buckets"][0]["per_fact"][0]
     assert hit["hit"] and is_hit(hit["reply"], hit["expected"]) and hit["reply"].startswith("I believe")
+    # the graded score follows the memory too: certain inside it, a guess beyond it
+    assert [b["answer_logprob"] for b in result["buckets"][:2]] == [0.0, 0.0]
+    missed = result["buckets"][2]
+    assert missed["answer_logprob"] < 0
+    assert missed["answer_logprob"] == pytest.approx(mean(r["answer_logprob"] for r in missed["per_fact"]))
+    assert all(r["answer_logprob"] <= -5.0 for r in missed["per_fact"])
 
 
 def test_questions_never_reach_the_main_stream():
@@ -289,8 +304,8 @@ def test_to_markdown_has_a_row_per_label_and_a_column_per_bucket():
     lines = table.splitlines()
     assert "set: tuning" in lines[0]
     assert lines[2] == "| setting | D=256 | D=1,024 | D=4,096 |"
-    assert lines[4] == "| full | 10/10 (100%) | 10/10 (100%) | 10/10 (100%) |"
-    assert lines[5] == "| retrofit N=1024 | 10/10 (100%) | 10/10 (100%) | skipped |"
+    assert lines[4] == "| full | 10/10 (100%) 0.00 | 10/10 (100%) 0.00 | 10/10 (100%) 0.00 |"
+    assert lines[5] == "| retrofit N=1024 | 10/10 (100%) 0.00 | 10/10 (100%) 0.00 | skipped |"
     assert lines[-1].startswith("Mean measured distance (tokens): D=256: ")
 
 

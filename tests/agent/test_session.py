@@ -241,3 +241,44 @@ def test_a_session_resumes_only_at_the_capacity_that_saved_it(runtime, tmp_path)
     assert same.session("capacity").tokens_seen == s.tokens_seen
     with pytest.raises(ValueError, match="pass them to load_model"):
         Runtime.load(load_model(path), store, capacity=64)
+
+
+def test_score_gives_each_tokens_log_probability_as_one_forward_would_in_any_piece_size(runtime, monkeypatch):
+    import ovq.agent.runtime.session as session_module
+
+    s = runtime.session("score")
+    s.feed("my locker code is 4471")
+    twin = s.copy()
+    context, text = " ok, noted.", " and the gate code is 9911"
+    tok = runtime.tokenizer
+    before, ids = tok.encode(context), tok.encode(text)
+    logits, _ = runtime.model(torch.tensor([before + ids]), twin.state)
+    logp = logits[0].float().log_softmax(-1)
+    want = [logp[len(before) - 1 + i, t].item() for i, t in enumerate(ids)]
+    assert s.score(text, context=context) == pytest.approx(want, abs=1e-5)
+    assert s.tokens_seen == twin.tokens_seen + len(before) + len(ids)  # it feeds what it scores
+    monkeypatch.setattr(session_module, "FEED_TOKENS", 3)  # pieces that split the context and the text
+    again = runtime.session("score-pieces")
+    again.feed("my locker code is 4471")
+    assert again.score(text, context=context) == pytest.approx(want, abs=1e-4)
+    # without a context, the text's first token follows nothing fed in this call: not scored
+    assert len(runtime.session("score-bare").score(text)) == len(ids) - 1
+    with pytest.raises(ValueError, match="empty"):
+        s.score("")
+
+
+def test_score_reply_scores_the_answer_where_the_model_would_write_it(runtime):
+    s = runtime.session("score-reply")
+    s.feed("my locker code is 4471", role="user")
+    twin = s.copy()
+    scored = s.copy().score_reply("what is my locker code?", "4471")
+    chat, tok = runtime.model.config.chat, runtime.tokenizer
+    prompt = tok.encode(chat.turn("<|user|>", "what is my locker code?") + chat.prompt)
+    written = tok.encode(chat.open("<|assistant|>")[len(chat.prompt) :] + "4471")
+    assert len(scored) == len(written)
+    logits, _ = runtime.model(torch.tensor([prompt + written]), twin.state)
+    logp = logits[0].float().log_softmax(-1)
+    assert scored == pytest.approx(
+        [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(written)], abs=1e-5
+    )
+    assert s.transcript.turns == twin.transcript.turns  # scoring on copies leaves the session as it was
