@@ -11,10 +11,12 @@ Filler is prose from CPython's own help texts (`pydoc_data.topics`, PSF licence)
 user is reading: ordinary text unrelated to the facts, deterministic by seed, and never containing an
 answer of the set.
 
-Two scores per fact: a hit when an accepted answer occurs in the greedy reply (what a user sees), and
-the answer's log-probability (the accepted answer in the form the statement used, teacher-forced as
-the start of the reply, on another copy): a graded measure of what the memory still holds, which tells
-settings apart where a small model's greedy replies are mostly misses for all of them.
+Two scores per fact: a hit when an accepted answer occurs in the greedy reply to the question (what a
+user sees), and the recital log-probability: the user starts saying the statement again, and the answer's
+tokens are scored where they come in it ("...the kids insisted on calling him" -> " Pumpernickel"), on
+another copy. That asks the memory for the value with the statement's own cue, as the OVQ paper's
+in-context recall tasks do: a graded measure of what the memory still holds, which tells settings apart
+where a small model's greedy answers to questions are mostly misses under all of them.
 
 Fact sets (TOML) ship in chat_sets/: `tuning` for design decisions, `heldout` for the final table only.
 """
@@ -64,7 +66,7 @@ class ChatSession(Protocol):
 
     def reply(self, message: str, sampling: SamplingConfig) -> str: ...
 
-    def score_reply(self, message: str, reply: str) -> list[float]: ...
+    def score_turn(self, role: str, text: str, before: str = "") -> list[float]: ...
 
     def copy(self) -> ChatSession: ...
 
@@ -142,9 +144,10 @@ def _parse_fact(f: object, where: str) -> Fact:
     # A question that holds its answer measures copying, not memory; a statement without one is a typo.
     if is_hit(f["question"], answers):
         raise ValueError(f"{where}: the question gives away its answer")
-    if not is_hit(f["statement"], answers):
+    fact = Fact(f["id"].strip(), f["statement"].strip(), f["question"].strip(), tuple(answers))
+    if not is_hit(f["statement"], answers) or _recital(fact) is None:
         raise ValueError(f"{where}: the statement contains none of its answers {answers}")
-    return Fact(f["id"].strip(), f["statement"].strip(), f["question"].strip(), tuple(answers))
+    return fact
 
 
 # ---- scoring
@@ -245,8 +248,8 @@ def run_recall(
     themselves are measured with `tokens_seen`.
 
     Returns {"set", "seed", "facts_per_distance", "max_tokens", "hits", "total", "accuracy", "buckets"},
-    each bucket {"distance", "mean_measured_distance", "hits", "total", "accuracy", "answer_logprob",
-    "per_fact": [{"id", "distance", "expected", "reply", "hit", "answer_logprob"}]}, or {"distance",
+    each bucket {"distance", "mean_measured_distance", "hits", "total", "accuracy", "recital_logprob",
+    "per_fact": [{"id", "distance", "expected", "reply", "hit", "recital_logprob"}]}, or {"distance",
     "skipped", "needed_tokens"} when its stream would pass `max_context` tokens. `on_progress` gets
     {"distance", "answered", "total", "tokens_seen"} at the start of each bucket and after each answer.
     `observation_share` of the filler exchanges are observation turns instead of passages the user pastes
@@ -314,6 +317,29 @@ def run_recall(
     }
 
 
+# The statement cut before its first answer, and that answer (with the space before it: a word's leading space is
+# part of its token): ("...kids insisted on calling him", " Pumpernickel").
+def _recital(fact: Fact) -> tuple[str, str] | None:
+    # found in the statement with accents dropped letter by letter (so indices still match the statement)
+    plain = "".join(_unaccented(c) for c in fact.statement)
+    found = []
+    for answer in fact.answers:
+        loose = r"[\W_]*".join(re.escape(w) for w in normalise(answer).split())
+        if m := re.search(rf"(?<![^\W_])({loose})(?![^\W_])", plain, re.I):
+            found.append((m.start(), -m.end()))
+    if not found:
+        return None
+    start, end = min(found)  # the first answer said (the longest one starting there)
+    head = fact.statement[:start]
+    stripped = head.rstrip()
+    return stripped, head[len(stripped) :] + fact.statement[start:-end]
+
+
+def _unaccented(c: str) -> str:
+    base = "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x))
+    return base if len(base) == 1 else c
+
+
 # A bucket's result from its facts' results.
 def _summary(distance: int, per_fact: list[dict]) -> dict:
     hits = sum(r["hit"] for r in per_fact)
@@ -323,7 +349,7 @@ def _summary(distance: int, per_fact: list[dict]) -> dict:
         "hits": hits,
         "total": len(per_fact),
         "accuracy": hits / len(per_fact),
-        "answer_logprob": round(mean(r["answer_logprob"] for r in per_fact), 3),
+        "recital_logprob": round(mean(r["recital_logprob"] for r in per_fact), 3),
         "per_fact": per_fact,
     }
 
@@ -456,8 +482,8 @@ class _Bucket:  # one distance bucket: its stream and its questions
         while self.pending and now - self.pending[0][1] >= self.distance:
             fact, after = self.pending.pop(0)
             reply = self.session.copy().reply(fact.question, self.stream.sampling)
-            said = next(a for a in fact.answers if is_hit(fact.statement, [a]))  # as the user wrote it
-            nats = sum(self.session.copy().score_reply(fact.question, said))
+            before, answer = _recital(fact)
+            nats = sum(self.session.copy().score_turn("user", answer, before=before))
             self.per_fact.append(
                 {
                     "id": fact.id,
@@ -465,7 +491,7 @@ class _Bucket:  # one distance bucket: its stream and its questions
                     "expected": list(fact.answers),
                     "reply": reply,
                     "hit": is_hit(reply, fact.answers),
-                    "answer_logprob": round(nats, 4),
+                    "recital_logprob": round(nats, 4),
                 }
             )
             self._progress()
@@ -487,7 +513,7 @@ class _Bucket:  # one distance bucket: its stream and its questions
 
 def to_markdown(results_by_label: dict[str, dict]) -> str:
     """One table: a row per label (a model or memory setting), a column per distance bucket, each cell
-    "hits/total (acc%) logprob" (the mean log-probability of the answer, nats) or "skipped"; below it,
+    "hits/total (acc%) logprob" (the mean recital log-probability, nats) or "skipped"; below it,
     the mean measured distance of each bucket."""
     distances: list[int] = []
     for result in results_by_label.values():
@@ -511,7 +537,7 @@ def to_markdown(results_by_label: dict[str, dict]) -> str:
                 cells.append("skipped")
             else:
                 cells.append(
-                    f"{b['hits']}/{b['total']} ({100 * b['accuracy']:.0f}%) {b['answer_logprob']:.2f}"
+                    f"{b['hits']}/{b['total']} ({100 * b['accuracy']:.0f}%) {b['recital_logprob']:.2f}"
                 )
                 measured[d].append(b["mean_measured_distance"])
         lines.append(f"| {label} | " + " | ".join(cells) + " |")

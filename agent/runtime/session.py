@@ -86,7 +86,7 @@ class Runtime:
     def session(self, name: str) -> Session:
         """The session `name` (one object per name in this runtime), resumed from its latest snapshot
         when the store has one."""
-        _check_name(name)
+        check_session_name(name)
         with self._lock:
             if name not in self._sessions:
                 session = Session(self, name)
@@ -96,7 +96,7 @@ class Runtime:
             return self._sessions[name]
 
     def _adopt(self, session: Session) -> Session:
-        _check_name(session.name)
+        check_session_name(session.name)
         with self._lock:
             if session.name in self._sessions:
                 raise ValueError(f"session {session.name!r} already exists")
@@ -104,9 +104,11 @@ class Runtime:
             return session
 
 
-def _check_name(name: str) -> None:
-    if not isinstance(name, str) or not name.strip() or len(name) > 128 or "/" in name or "#" in name:
-        raise ValueError(f"session names are 1-128 characters without '/' or '#', got {name!r}")
+def check_session_name(name: str) -> None:
+    """Raise ValueError unless `name` can name a session (in the store, in a URL, in a file name)."""
+    bad = not isinstance(name, str) or not name.strip() or len(name) > 128 or not name.isprintable()
+    if bad or "/" in name or "#" in name:
+        raise ValueError(f"session names are 1-128 printable characters without '/' or '#', got {name!r}")
 
 
 class Session:
@@ -122,6 +124,7 @@ class Session:
         self.transcript = Transcript()
         self.lock = threading.RLock()
         self._last_token: int | None = None
+        self.generated = 0  # tokens this object generated (not saved): a server's completion_tokens
         self.snapshot_id: int | None = None  # the snapshot this session was last saved to or restored from
         self._saves = 2 * self.runtime.keep_last  # snapshots possibly held since the last prune: unknown
 
@@ -192,12 +195,25 @@ class Session:
         """The log-probability (nats) of each token of `reply` as the assistant's answer to the user's
         `message`, both fed as a chat turn would be (the stream then holds them, unclosed: score on a
         `copy()` to keep the session as it was)."""
-        chat = self.runtime.model.config.chat
         message = self._check_text(message, allow_empty=False)
-        # what the model writes after the prompt: a format whose turns open with a prefix (a space)
-        # writes that too
-        written = chat.open(ASSISTANT)[len(chat.prompt) :] + self._check_text(reply, allow_empty=False)
-        return self.score(written, context=chat.turn(USER, message) + chat.prompt)
+        with self.lock:
+            self._start()
+            self.feed_ids(self.runtime.tokenizer.encode(self.runtime.model.config.chat.turn(USER, message)))
+            return self.score_turn("assistant", reply)
+
+    def score_turn(self, role: str, text: str, before: str = "") -> list[float]:
+        """The log-probability (nats) of each token of `text` where a turn of `role` opens with `before`
+        ("user", "observation", or "assistant": a reply the model writes), fed as a chat turn would be
+        (the stream then holds it, unclosed: score on a `copy()` to keep the session as it was)."""
+        if role not in ("user", "assistant", "observation"):
+            raise ValueError(f"role must be user, assistant or observation, got {role!r}")
+        chat = self.runtime.model.config.chat
+        opening = chat.prompt if role == "assistant" else chat.open(f"<|{role}|>")
+        # a format whose turns open with a prefix (a space) has the model write it as part of a reply
+        written = chat.open(ASSISTANT)[len(chat.prompt) :] if role == "assistant" else ""
+        if before:  # tokenised apart from `text`: a space that starts a word belongs at the start of `text`
+            return self.score(text, context=opening + written + before)
+        return self.score(written + text, context=opening)
 
     def _check_ids(self, ids: list[int]) -> None:
         vocab = self.runtime.tokenizer.vocab_size
@@ -235,6 +251,7 @@ class Session:
     def _track(self, tokens: Iterator[int]) -> Iterator[int]:
         for t in tokens:
             self._last_token = t
+            self.generated += 1
             yield t
 
     def reply(

@@ -81,13 +81,13 @@ class FakeSession:
         assert self.parent.tokens_seen == before  # asking on a copy leaves the main stream as it was
         return text
 
-    def score_reply(self, message: str, reply: str) -> list[float]:
-        """Log-probabilities of the reply's words: certain when the answer is in memory, else a guess
-        among e^5 words each."""
+    def score_turn(self, role: str, text: str, before: str = "") -> list[float]:
+        """Log-probabilities of `text`'s words after `before`: certain when it is in memory, else a
+        guess among e^5 words each."""
         assert self.parent is not None, "an answer was scored on the main stream"
-        self.feed(message, "user")
-        known = is_hit(" ".join(self.words[-self.memory :]), [reply])
-        return [0.0 if known else -5.0 for _ in reply.split()]
+        self.feed(before, role)
+        known = is_hit(" ".join(self.words[-self.memory :]), [text])
+        return [0.0 if known else -5.0 for _ in text.split()]
 
     def copy(self) -> FakeSession:
         twin = copy.copy(self)
@@ -163,11 +163,11 @@ def test_facts_within_memory_are_hit_and_those_beyond_it_missed():
     hit = result["buckets"][0]["per_fact"][0]
     assert hit["hit"] and is_hit(hit["reply"], hit["expected"]) and hit["reply"].startswith("I believe")
     # the graded score follows the memory too: certain inside it, a guess beyond it
-    assert [b["answer_logprob"] for b in result["buckets"][:2]] == [0.0, 0.0]
+    assert [b["recital_logprob"] for b in result["buckets"][:2]] == [0.0, 0.0]
     missed = result["buckets"][2]
-    assert missed["answer_logprob"] < 0
-    assert missed["answer_logprob"] == pytest.approx(mean(r["answer_logprob"] for r in missed["per_fact"]))
-    assert all(r["answer_logprob"] <= -5.0 for r in missed["per_fact"])
+    assert missed["recital_logprob"] < 0
+    assert missed["recital_logprob"] == pytest.approx(mean(r["recital_logprob"] for r in missed["per_fact"]))
+    assert all(r["recital_logprob"] <= -5.0 for r in missed["per_fact"])
 
 
 def test_questions_never_reach_the_main_stream():
@@ -484,3 +484,14 @@ def test_one_fact_per_stream_makes_a_stream_per_fact():
 def test_an_unknown_filler_is_refused():
     with pytest.raises(ValueError, match="filler must be"):
         run(filler="poetry")
+
+
+@pytest.mark.parametrize("fact_set", [TUNING, HELDOUT], ids=["tuning", "heldout"])
+def test_every_recital_cuts_its_statement_just_before_an_accepted_answer(fact_set):
+    from ovq.agent.eval.chat_recall import _recital
+
+    for fact in fact_set.facts:
+        before, answer = _recital(fact)
+        assert fact.statement.startswith(before + answer), fact.id
+        assert answer[:1].isspace() or not before, fact.id  # the word's space travels with it
+        assert is_hit(answer, fact.answers) and not is_hit(before, fact.answers), fact.id

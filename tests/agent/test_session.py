@@ -282,3 +282,13 @@ def test_score_reply_scores_the_answer_where_the_model_would_write_it(runtime):
         [logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(written)], abs=1e-5
     )
     assert s.transcript.turns == twin.transcript.turns  # scoring on copies leaves the session as it was
+    # a user turn cut before its last word: that word scored where the turn would say it
+    said = s.copy().score_turn("user", " 4471", before="again, my locker code is")
+    cue = tok.encode(chat.open("<|user|>") + "again, my locker code is")
+    logits, _ = runtime.model(torch.tensor([cue + tok.encode(" 4471")]), twin.state)
+    logp = logits[0].float().log_softmax(-1)
+    assert said == pytest.approx(
+        [logp[len(cue) - 1 + i, t].item() for i, t in enumerate(tok.encode(" 4471"))], abs=1e-5
+    )
+    with pytest.raises(ValueError, match="role"):
+        s.copy().score_turn("system", "x")
