@@ -674,3 +674,23 @@ def test_truncated_safetensors(tmp_path, tok):
         (d / "model.safetensors").write_bytes(data[:keep])
         with pytest.raises(PretrainedError, match=r"model\.safetensors: unreadable safetensors"):
             load_pretrained(d)
+
+
+def test_our_gguf_parser_reads_what_the_gguf_package_reads(good_gguf):
+    # read_gguf replaces GGUFReader for speed (0.2 s against 2.5 s on SmolLM2): same fields, same bytes
+    from gguf import GGUFReader
+
+    from ovq.agent.model.pretrained.gguf_read import read_gguf
+
+    ours, theirs = read_gguf(good_gguf), GGUFReader(good_gguf)
+    assert {k: f.contents() for k, f in theirs.fields.items() if not k.startswith("GGUF.")} == ours.fields
+    assert [t.name for t in ours.tensors] == [t.name for t in theirs.tensors]
+    assert {t.tensor_type for t in ours.tensors} > {Q.F32}  # quantised tensors are among them
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert (a.shape, a.tensor_type, a.data_offset, a.n_bytes) == (
+            tuple(b.shape.tolist()),
+            b.tensor_type,
+            b.data_offset,
+            b.n_bytes,
+        )
+        assert np.array_equal(a.data.reshape(-1), b.data.view(np.ndarray).view(np.uint8).reshape(-1))

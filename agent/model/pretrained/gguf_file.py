@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader
-from gguf.gguf_reader import ReaderTensor
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from ovq.agent.model.pretrained.checkpoint import (
@@ -21,6 +20,7 @@ from ovq.agent.model.pretrained.checkpoint import (
 from ovq.agent.model.pretrained.config import ARCHS, LlamaConfig, RopeFreqFactors
 from ovq.agent.model.pretrained.errors import PretrainedError
 from ovq.agent.model.pretrained.gguf_meta import GGUFMetadata
+from ovq.agent.model.pretrained.gguf_read import GGUFContents, TensorInfo, read_gguf
 from ovq.agent.model.pretrained.gguf_tokenizer import tokenizer_from_gguf
 
 _GLOBAL_NAMES = {
@@ -49,15 +49,15 @@ ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's Llama-3.1 rope scaling, not a we
 def load_gguf(path: str | Path) -> Checkpoint:
     """Read, check and dequantize a GGUF file; raises PretrainedError naming the file and the cause."""
     path = Path(path)
-    reader = _open(path)
-    meta = GGUFMetadata(path, reader)
+    contents = _open(path)
+    meta = GGUFMetadata(path, contents.fields)
     arch = meta.get("general.architecture", str)
     if arch not in ARCHS:
         raise PretrainedError(
             path, f'unsupported architecture "{arch}" (general.architecture; supported: {", ".join(ARCHS)})'
         )
 
-    tensors = {t.name: t for t in reader.tensors}
+    tensors = {t.name: t for t in contents.tensors}
     hf_tensors = {_hf_name(path, name): t for name, t in tensors.items() if name != ROPE_FREQS}
     for t in tensors.values():
         if not _dequantizable(t.tensor_type):
@@ -65,9 +65,7 @@ def load_gguf(path: str | Path) -> Checkpoint:
 
     config = _config(path, meta, arch, tensors)
     # GGUF dims run innermost first (ne0 = input features); HF shapes are the reverse.
-    check_tensor_table(
-        path, config, {name: tuple(reversed(t.shape.tolist())) for name, t in hf_tensors.items()}
-    )
+    check_tensor_table(path, config, {name: tuple(reversed(t.shape)) for name, t in hf_tensors.items()})
     tokenizer = tokenizer_from_gguf(path, meta)
     check_tokenizer(path, tokenizer, config.vocab_size, exact=True)
     template = meta.get("tokenizer.chat_template", str, None)
@@ -85,26 +83,13 @@ def load_gguf(path: str | Path) -> Checkpoint:
     )
 
 
-def _open(path: Path) -> GGUFReader:
+def _open(path: Path) -> GGUFContents:
     if not path.is_file():
         raise PretrainedError(path, "no such file")
     try:
-        reader = GGUFReader(path)
-    except Exception as err:  # the reader surfaces damage as assorted numpy/ValueError/IndexError errors
-        cause = (
-            "not a GGUF file"
-            if "magic" in str(err)
-            else f"truncated or corrupt GGUF ({type(err).__name__}: {err})"
-        )
-        raise PretrainedError(path, cause) from None
-    if reader.byte_order == "S":  # stored opposite to this machine's byte order
-        raise PretrainedError(path, "big-endian GGUF files are not supported")
-    # The reader's reshapes catch most cuts; this also catches any tensor it mapped short.
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise PretrainedError(path, f"truncated GGUF: tensor {t.name} ends past the end of the file")
-    return reader
+        return read_gguf(path)
+    except ValueError as err:  # read_gguf names the damage
+        raise PretrainedError(path, str(err)) from None
 
 
 def _hf_name(path: Path, name: str) -> str:
@@ -116,7 +101,7 @@ def _hf_name(path: Path, name: str) -> str:
     return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}"
 
 
-def _config(path: Path, meta: GGUFMetadata, arch: str, tensors: dict[str, ReaderTensor]) -> LlamaConfig:
+def _config(path: Path, meta: GGUFMetadata, arch: str, tensors: dict[str, TensorInfo]) -> LlamaConfig:
     p = f"{arch}."  # model keys are prefixed by the architecture name
     if "token_embd.weight" not in tensors:
         raise PretrainedError(path, "missing tensor token_embd.weight")
@@ -184,15 +169,14 @@ def _dequantizable(qtype: GGMLQuantizationType) -> bool:
     return True
 
 
-def _dequantize(path: Path, t: ReaderTensor) -> torch.Tensor:
+def _dequantize(path: Path, t: TensorInfo) -> torch.Tensor:
     try:
-        # A plain ndarray view: numpy's memmap subclass makes every block slice ~10x slower.
-        values = dequantize(t.data.view(np.ndarray), t.tensor_type)
+        values = dequantize(t.data, t.tensor_type)
     except Exception as err:
         raise PretrainedError(
             path, f"tensor {t.name} ({t.tensor_type.name}) cannot be dequantized ({err})"
         ) from None
-    shape = tuple(reversed(t.shape.tolist()))  # (out, in) for matrices
+    shape = tuple(reversed(t.shape))  # (out, in) for matrices
     # Copy out of the memory map: the Checkpoint must not depend on the file staying open.
     return torch.from_numpy(np.array(values, dtype=np.float32).reshape(shape))
 

@@ -5,32 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gguf import GGUFReader
-
 from ovq.agent.model.pretrained.errors import PretrainedError
 
 _REQUIRED = object()
 
 
 class GGUFMetadata:
-    def __init__(self, path: Path, reader: GGUFReader) -> None:
+    def __init__(self, path: Path, fields: dict[str, Any]) -> None:
         self.path = path
-        self._fields = reader.fields
+        self._fields = fields
 
     def __contains__(self, key: str) -> bool:
         return key in self._fields
 
     def get(self, key: str, kind: type, default: Any = _REQUIRED) -> Any:
         """The value at `key`, checked to be a `kind` (int, float, str, bool, list)."""
-        field = self._fields.get(key)
-        if field is None:
+        if key not in self._fields:
             if default is _REQUIRED:
                 raise PretrainedError(self.path, f"missing metadata key {key}")
             return default
-        try:
-            value = field.contents()
-        except (ValueError, IndexError, UnicodeDecodeError) as err:
-            raise PretrainedError(self.path, f"metadata key {key} is unreadable ({err})") from None
+        value = self._fields[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         # bool is an int subclass in Python; a flag is never a count.
