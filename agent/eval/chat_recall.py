@@ -179,7 +179,7 @@ def _contains_any(text: str, answers: Sequence[str]) -> bool:
 
 
 # Prose paragraphs of CPython's help topics, reflowed; code, grammar and headings read as noise, not chat.
-def _passages() -> list[str]:
+def help_passages() -> list[str]:
     from pydoc_data.topics import topics  # imported here: only a run needs it
 
     out = []
@@ -266,7 +266,7 @@ def run_recall(
     every_answer = [a for f in fact_set.facts for a in f.answers]
     if clash := [t for t in fixed if _contains_any(t, every_answer)]:
         raise ValueError(f"{fact_set.name}: an answer occurs in the harness's fixed turns {clash}")
-    passages = [p for p in _passages() if not _contains_any(p, every_answer)]
+    passages = [p for p in help_passages() if not _contains_any(p, every_answer)]
     if not passages:
         raise ValueError(f"{fact_set.name}: every filler passage contains an answer of the set")
     sampling = SamplingConfig(max_tokens=max_tokens)  # temperature 0: greedy
@@ -317,8 +317,8 @@ def run_recall(
     }
 
 
-# The statement cut before its first answer, and that answer (with the space before it: a word's leading space is
-# part of its token): ("...kids insisted on calling him", " Pumpernickel").
+# The statement cut before its first answer, and that answer (with the space before it: a word's leading
+# space is part of its token): ("...kids insisted on calling him", " Pumpernickel").
 def _recital(fact: Fact) -> tuple[str, str] | None:
     # found in the statement with accents dropped letter by letter (so indices still match the statement)
     plain = "".join(_unaccented(c) for c in fact.statement)
