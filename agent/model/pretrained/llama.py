@@ -56,7 +56,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(C, Hkv * D, bias=bias)
         self.v_proj = nn.Linear(C, Hkv * D, bias=bias)
         self.o_proj = nn.Linear(Hq * D, C, bias=False)
-        self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
+        with torch.device("cpu"):  # real numbers even while the model is built on the meta device
+            self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -109,7 +110,13 @@ class Block(nn.Module):
 class Body(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        # Given a weight, Embedding skips its random init, which on the meta device (from_checkpoint)
+        # imports torch._dynamo: 2.5-5 s of the time `ovq chat` takes to get ready. Real weights (a
+        # model built to be trained or tested) get the usual init.
+        weight = torch.empty(config.vocab_size, config.d_model)
+        if weight.device.type != "meta":
+            nn.init.normal_(weight)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, _weight=weight)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.rms_eps)
 
