@@ -694,3 +694,17 @@ def test_our_gguf_parser_reads_what_the_gguf_package_reads(good_gguf):
             b.n_bytes,
         )
         assert np.array_equal(a.data.reshape(-1), b.data.view(np.ndarray).view(np.uint8).reshape(-1))
+
+
+def test_loading_a_checkpoint_does_not_import_torch_dynamo(good_gguf):
+    # building the model on the meta device once imported torch._dynamo (2.5-5 s of `ovq chat`'s start)
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ovq.agent.model.checkpoint import load_model; "
+        f"load_model({str(good_gguf)!r}); print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
