@@ -30,8 +30,10 @@ outputs and state.
 
 The read is two passes merged exactly (as the OVQ op's CPU path does): attention over sinks + window,
 attention over the centroids (+log count), each with its log-sum-exp; the window's share of the
-softmax mass is sigmoid(lse_window - lse_dict). Inside a segment every query sees the same sinks offset,
-so sink keys are re-rotated once by that offset and one query rotation serves sinks and window.
+softmax mass is sigmoid(lse_window - lse_dict). A decoding query reads sinks and window as two passes
+too (joining them would copy the window at every token). Every query between two folds sees the same
+sinks offset, so sink keys are re-rotated once per fold (as the count bias is recomputed) and one query
+rotation serves sinks and window.
 """
 
 from __future__ import annotations
@@ -382,22 +384,30 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary)
     # pass 1: sinks + window. Sinks sit at their cache positions: each lies `offset` positions further
     # back for every query of the segment (the tokens dropped or folded between sinks and window).
     n_s, n_b = min(plan.S, state.pos), state.buf_len
-    offset = state.folded
-    k_sink = state.k_sink[:, :, :n_s]
-    if offset and n_s:
-        k_sink = rotary.apply(k_sink, offset, step=0)
-    keys = torch.cat([k_sink, state.k_buf[:, :, :n_b]], dim=2)  # [B, Hkv, n_s + n_b, D]
-    values = torch.cat([state.v_sink[:, :, :n_s], state.v_buf[:, :, :n_b]], dim=2)
-    causal = None  # one query (decoding) sees every key held: the mask would hide nothing
-    if Tq > 1:
-        key_pos = torch.cat(
-            [torch.arange(n_s, device=q.device), torch.arange(state.pos - n_b, state.pos, device=q.device)]
-        )
-        t = torch.arange(t0, t0 + Tq, device=q.device)
-        hidden = key_pos > t[:, None]  # [Tq, n_s + n_b]
-        causal = torch.zeros(Tq, n_s + n_b, dtype=sdt, device=q.device).masked_fill_(hidden, float("-inf"))
-        causal = causal.repeat(G, 1)
-    out, lse = _attend(q_abs, keys, values, causal, scale)
+    k_sink, v_sink = _sinks_read(state, n_s, rotary), state.v_sink[:, :, :n_s]
+    if Tq == 1 and n_s and n_b:
+        # decoding: one query sees every key held, so sinks and window are read as two passes merged
+        # exactly, sparing the copy of the whole window that joining them would take at every token
+        out, lse = _attend(q_abs, state.k_buf[:, :, :n_b], state.v_buf[:, :, :n_b], None, scale)
+        out, lse = _merge(out, lse, *_attend(q_abs, k_sink, v_sink, None, scale))
+    else:
+        keys = torch.cat([k_sink, state.k_buf[:, :, :n_b]], dim=2)  # [B, Hkv, n_s + n_b, D]
+        values = torch.cat([v_sink, state.v_buf[:, :, :n_b]], dim=2)
+        causal = None  # one query sees every key held: the mask would hide nothing
+        if Tq > 1:
+            key_pos = torch.cat(
+                [
+                    torch.arange(n_s, device=q.device),
+                    torch.arange(state.pos - n_b, state.pos, device=q.device),
+                ]
+            )
+            t = torch.arange(t0, t0 + Tq, device=q.device)
+            hidden = key_pos > t[:, None]  # [Tq, n_s + n_b]
+            causal = torch.zeros(Tq, n_s + n_b, dtype=sdt, device=q.device).masked_fill_(
+                hidden, float("-inf")
+            )
+            causal = causal.repeat(G, 1)
+        out, lse = _attend(q_abs, keys, values, causal, scale)
 
     # pass 2: the dictionary, merged with pass 1 as one softmax over the union
     n = state.size
@@ -406,10 +416,29 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary)
             q_read = rotary.apply(qf, plan.distance, step=0).reshape(B, Hkv, G * Tq, D)
         else:
             q_read = q_abs
-        bias = _count_bias(state.counts[:, :, :n], plan).to(sdt).unsqueeze(2)  # [B, Hkv, 1, n]
-        out_d, lse_d = _attend(q_read, state.keys[:, :, :n], state.values[:, :, :n], bias, scale)
-        out = torch.lerp(out_d, out, torch.sigmoid(lse - lse_d).unsqueeze(-1))
+        bias = _count_bias(state, plan, sdt)  # [B, Hkv, 1, n]
+        out, _ = _merge(out, lse, *_attend(q_read, state.keys[:, :, :n], state.values[:, :, :n], bias, scale))
     return out.reshape(B, Hq, Tq, D).to(q.dtype)
+
+
+def _merge(out_a, lse_a, out_b, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two attention passes over disjoint keys as one softmax over their union: pass a's share of the
+    mass is sigmoid(lse_a - lse_b)."""
+    return torch.lerp(out_b, out_a, torch.sigmoid(lse_a - lse_b).unsqueeze(-1)), torch.logaddexp(lse_a, lse_b)
+
+
+# Derived from the state and changed only by a fold (every L tokens), so kept beside it between folds
+# rather than recomputed by every layer at every token: the sinks rotated by the current offset, and
+# the dictionary's count bias. Keyed by `folded`; a state restored or cloned starts without them.
+def _sinks_read(state: WindowMemoryState, n_s: int, rotary: Rotary) -> torch.Tensor:
+    k_sink = state.k_sink[:, :, :n_s]
+    if not state.folded or not n_s:
+        return k_sink
+    cached = state.__dict__.get("_sinks_read")
+    if cached is None or cached[0] != (state.folded, n_s) or cached[1].dtype != k_sink.dtype:
+        cached = ((state.folded, n_s), rotary.apply(k_sink, state.folded, step=0))
+        state.__dict__["_sinks_read"] = cached
+    return cached[1]
 
 
 # CPU flash attention that also returns the log-sum-exp (what the OVQ op's CPU read uses too)
@@ -428,11 +457,16 @@ def _attend(q, k, v, bias, scale) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.softmax(s, dim=-1) @ v, lse
 
 
-def _count_bias(counts: torch.Tensor, plan: LayerPlan) -> torch.Tensor:
-    logc = counts.to(torch.float32).log()
-    if plan.count_cap is not None:
-        logc = logc.clamp(max=plan.count_cap)
-    return plan.count_bias * logc
+def _count_bias(state: WindowMemoryState, plan: LayerPlan, dtype: torch.dtype) -> torch.Tensor:
+    """alpha * log(count) per centroid in use, [B, Hkv, 1, size] (capped if configured)."""
+    cached = state.__dict__.get("_count_bias")
+    if cached is None or cached[0] != state.folded or cached[1].dtype != dtype:
+        logc = state.counts[:, :, : state.size].to(torch.float32).log()
+        if plan.count_cap is not None:
+            logc = logc.clamp(max=plan.count_cap)
+        cached = (state.folded, (plan.count_bias * logc).to(dtype).unsqueeze(2))
+        state.__dict__["_count_bias"] = cached
+    return cached[1]
 
 
 def _drop_front(state: WindowMemoryState, n: int) -> None:
