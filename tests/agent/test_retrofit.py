@@ -124,6 +124,78 @@ def reference(q, k, v, S, W, L, kind, distance, inv_freq):
     return out
 
 
+def test_tokens_kept_exactly_are_read_beside_their_centroids():
+    # exact = L with room for every folded token: each is read twice, as its own centroid (linear
+    # schedule, N >= tokens) and as an exact copy; the reference given every folded key and value
+    # twice must agree, and the store must hold exactly the folded tokens
+    S, W, L, T, D = 2, 6, 3, 31, 8
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, n, T, D, generator=g, dtype=torch.float64) for n in (4, 2, 2))
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, D, 2, dtype=torch.float64) / D))
+    config = RetrofitConfig(
+        sinks=S,
+        window=W,
+        chunk=L,
+        capacity=64,
+        schedule="linear",
+        read_distance=5,
+        exact=L,
+        exact_capacity=64,
+    )
+    (plan,) = LayerPlan.resolve(config, 1, context=4096)
+    state = WindowMemoryState.allocate(plan, 1, 2, D, torch.float64, "cpu")
+    out, state = window_memory_attention(q, k, v, state, plan, inv_freq)
+    folded = state.folded
+    assert state.exact_len == folded > 0
+    for got, want in ((state.k_exact, k), (state.v_exact, v)):  # every folded token, un-rotated, once
+        d = torch.cdist(got[:, :, :folded], want[:, :, S : S + folded])
+        assert (d.amin(-1) < 1e-12).all() and (d.argmin(-1).sort(-1).values == torch.arange(folded)).all()
+    assert (state.exact_score[:, :, :folded] > 0).all()
+    # a folded token read twice weighs twice in the softmax: its logit raised by log 2
+    want = torch.zeros_like(q)
+    for t in range(T):
+        F = max(0, (t - S - W + 1) // L)
+        lo = S + F * L
+        for h in range(4):
+            gk = h // 2
+            logits, vals = [], []
+            for j in range(min(S, t + 1)):
+                logits.append(rot(q[0, h, t], t - (lo - S), inv_freq) @ rot(k[0, gk, j], j, inv_freq))
+                vals.append(v[0, gk, j])
+            for p in range(S, S + F * L):
+                logits.append(rot(q[0, h, t], 5, inv_freq) @ k[0, gk, p] + math.sqrt(D) * math.log(2))
+                vals.append(v[0, gk, p])
+            for p in range(lo, t + 1):
+                logits.append(rot(q[0, h, t], t, inv_freq) @ rot(k[0, gk, p], p, inv_freq))
+                vals.append(v[0, gk, p])
+            w = torch.softmax(torch.stack(logits) / math.sqrt(D), -1)
+            want[0, h, t] = w @ torch.stack(vals)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-10)
+
+
+def test_the_exact_store_keeps_the_most_attended_when_full():
+    model = retrofit(tiny_llama(), exact=1, exact_capacity=3)
+    state = model.init_state(1, torch.float64)
+    seen = []  # each fold's best score per KV head, recorded before the store decides
+    import ovq.agent.model.pretrained.retrofit as R
+
+    real = R._keep_exact
+
+    def spy(st, plan, chunk_k, chunk_v):
+        seen.append(st.attn[:, :, : plan.L].amax(-1).clone())  # [B, Hkv]
+        real(st, plan, chunk_k, chunk_v)
+
+    R._keep_exact = spy
+    try:
+        _, state = model(tokens_(80), state)
+    finally:
+        R._keep_exact = real
+    layer0 = seen[: len(seen) // 2]  # one forward call: layer 0 takes every token (and fold), then layer 1
+    best = torch.stack(layer0, -1).topk(3, dim=-1).values.sort(-1).values  # [B, Hkv, 3]
+    kept = state.layers[0].exact_score.sort(-1).values
+    torch.testing.assert_close(kept, best, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["memory", "window"])
 def test_the_layer_op_matches_the_per_query_reference(kind):
     S, W, L, T, D = 2, 6, 3, 31, 8
@@ -151,7 +223,8 @@ def test_the_layer_op_matches_the_per_query_reference(kind):
 
 
 @pytest.mark.parametrize("settings_", [{"kind": "memory"}, {"kind": "window"}, {"key_space": "post_rope"},
-                                       {"memory_layers": "1", "count_cap": 1.0}])  # fmt: skip
+                                       {"memory_layers": "1", "count_cap": 1.0},
+                                       {"exact": 2, "exact_capacity": 5}])  # fmt: skip
 def test_chunked_prefill_then_token_decode_equals_one_forward(settings_):
     model = retrofit(tiny_llama(), **settings_)
     x = tokens_(70, B=2)
@@ -162,6 +235,10 @@ def test_chunked_prefill_then_token_decode_equals_one_forward(settings_):
     for a, b in zip(state.layers, whole_state.layers):
         assert a.scalars() == b.scalars() and torch.equal(a.counts, b.counts)
         torch.testing.assert_close(a.keys, b.keys, rtol=0, atol=1e-10)
+        if a.k_exact is not None:  # the same tokens chosen, whatever the split
+            assert a.exact_len == 5  # 2 per chunk, 9 chunks folded: full, the most attended kept
+            torch.testing.assert_close(a.k_exact, b.k_exact, rtol=0, atol=1e-10)
+            torch.testing.assert_close(a.exact_score, b.exact_score, rtol=1e-6, atol=0)  # float32 sums
 
 
 @settings(max_examples=10, deadline=None)
@@ -205,11 +282,23 @@ def test_a_model_with_memory_in_some_layers_only():
         ({"memory_layers": "a,b"}, "memory_layers must be"),
         ({"key_space": "polar"}, "key_space must be one of"),
         ({"schedule": "fast"}, "schedule must be one of"),
+        ({"exact": 300}, r"exact must be an int in \[0, chunk=256\]"),
+        ({"exact": 8, "exact_capacity": 4}, "exact_capacity must be an int >= exact"),
     ],
 )
 def test_bad_retrofit_settings_are_refused_by_name(bad, says):
     with pytest.raises(ValueError, match=says):
         RetrofitConfig(**bad)
+
+
+def test_exact_tokens_change_the_fingerprint_only_when_on():
+    # settings added after models shipped stay out of the config at their off value: the fingerprint,
+    # and so every session saved before they existed, is unchanged
+    assert "exact" not in RetrofitConfig().to_dict() and "exact_capacity" not in RetrofitConfig().to_dict()
+    on = RetrofitConfig(exact=4).to_dict()
+    assert (on["exact"], on["exact_capacity"]) == (4, 256)
+    assert RetrofitConfig.from_dict(on) == RetrofitConfig(exact=4)
+    assert RetrofitConfig.from_dict(RetrofitConfig().to_dict()) == RetrofitConfig()
 
 
 def test_memory_layers_beyond_the_model_are_refused():

@@ -67,6 +67,11 @@ class RetrofitConfig:
     read_distance: int | None = None  # pre_rope: centroids read as if this far back (None: W)
     count_bias: float = 1.0  # alpha: a centroid's logit gains alpha * log(count)
     count_cap: float | None = None  # log(count) capped here (None: no cap)
+    # Heavy hitters: of each folded chunk, the `exact` tokens per KV head that received the most
+    # attention while in the window are also kept exactly (beside their centroid), in a store of
+    # `exact_capacity` per KV head that keeps the most attended when full. 0: none.
+    exact: int = 0
+    exact_capacity: int = 256
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -91,6 +96,14 @@ class RetrofitConfig:
             raise ValueError("read_distance must be >= 0")
         if self.count_bias < 0 or (self.count_cap is not None and self.count_cap < 0):
             raise ValueError("count_bias and count_cap must be >= 0")
+        if (
+            isinstance(self.exact, bool)
+            or not isinstance(self.exact, int)
+            or not 0 <= self.exact <= self.chunk
+        ):
+            raise ValueError(f"retrofit exact must be an int in [0, chunk={self.chunk}], got {self.exact!r}")
+        if self.exact and (not isinstance(self.exact_capacity, int) or self.exact_capacity < self.exact):
+            raise ValueError(f"retrofit exact_capacity must be an int >= exact ({self.exact})")
         self.layer_mask(1)  # raises on a malformed memory_layers
 
     def layer_mask(self, n_layers: int) -> list[bool]:
@@ -121,7 +134,10 @@ class RetrofitConfig:
         return self.window if self.read_distance is None else self.read_distance
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        if not self.exact:  # settings added later are left out at their off value, so a model's
+            del d["exact"], d["exact_capacity"]  # fingerprint (and its saved sessions) stay as they were
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> RetrofitConfig:
@@ -188,6 +204,8 @@ class LayerPlan:
     count_bias: float
     count_cap: float | None
     context: int  # full: the most positions a stream may hold
+    exact: int = 0  # tokens per chunk kept exactly (memory layers only)
+    X: int = 0  # exact store capacity
 
     @classmethod
     def resolve(cls, config: RetrofitConfig, n_layers: int, context: int) -> list[LayerPlan]:
@@ -208,6 +226,8 @@ class LayerPlan:
                     count_bias=config.count_bias,
                     count_cap=config.count_cap,
                     context=context,
+                    exact=config.exact if has_memory else 0,
+                    X=config.exact_capacity if has_memory and config.exact else 0,
                 )
             )
         return plans
@@ -227,6 +247,11 @@ class WindowMemoryState:
                                       [pos - buf_len, pos), keys rotated at those positions
     keys, values    [B, Hkv, N, D]    centroids; rows [0, size) in use
     counts          [B, Hkv, N]       tokens each centroid stands for (int64)
+    with exact tokens (plan.X > 0; otherwise None and not part of the state):
+    attn            [B, Hkv, W+L]     attention mass each buffer row has received (float32)
+    k_exact, v_exact [B, Hkv, X, D]   tokens kept exactly; rows [0, exact_len) in use, keys in the
+                                      dictionary's key space
+    exact_score     [B, Hkv, X]       the attention mass each had received when its chunk was folded
     """
 
     k_sink: torch.Tensor
@@ -240,21 +265,34 @@ class WindowMemoryState:
     buf_len: int = 0
     size: int = 0  # centroids in use (the same for every head: it depends only on tokens folded)
     folded: int = 0  # tokens that left the window (folded into the dictionary, or dropped)
+    attn: torch.Tensor | None = None
+    k_exact: torch.Tensor | None = None
+    v_exact: torch.Tensor | None = None
+    exact_score: torch.Tensor | None = None
+    exact_len: int = 0
 
     TENSORS = ("k_sink", "v_sink", "k_buf", "v_buf", "keys", "values", "counts")
     SCALARS = ("pos", "buf_len", "size", "folded")
+    EXACT_TENSORS = ("attn", "k_exact", "v_exact", "exact_score")
 
     @classmethod
     def allocate(cls, plan: LayerPlan, B: int, Hkv: int, D: int, dtype, device) -> WindowMemoryState:
         z = lambda n: torch.zeros(B, Hkv, n, D, dtype=dtype, device=device)  # noqa: E731
         counts = torch.zeros(B, Hkv, plan.N, dtype=torch.int64, device=device)
-        return cls(z(plan.S), z(plan.S), z(plan.buffer), z(plan.buffer), z(plan.N), z(plan.N), counts)
+        state = cls(z(plan.S), z(plan.S), z(plan.buffer), z(plan.buffer), z(plan.N), z(plan.N), counts)
+        if plan.X:
+            f32 = lambda n: torch.zeros(B, Hkv, n, dtype=torch.float32, device=device)  # noqa: E731
+            state.attn, state.exact_score = f32(plan.buffer), f32(plan.X)
+            state.k_exact, state.v_exact = z(plan.X), z(plan.X)
+        return state
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in self.TENSORS}
+        names = self.TENSORS + (self.EXACT_TENSORS if self.k_exact is not None else ())
+        return {name: getattr(self, name) for name in names}
 
     def scalars(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.SCALARS}
+        names = self.SCALARS + (("exact_len",) if self.k_exact is not None else ())
+        return {name: getattr(self, name) for name in names}
 
     @property
     def nbytes(self) -> int:
@@ -277,6 +315,8 @@ class WindowMemoryState:
                 raise ValueError(f"size {self.size} is not the schedule's after {self.folded} tokens folded")
             if int(self.counts.sum()) != self.folded * self.counts.shape[0] * self.counts.shape[1]:
                 raise ValueError("centroid counts do not sum to the tokens folded")
+        if plan.X and self.exact_len != min(plan.X, plan.exact * (self.folded // plan.L)):
+            raise ValueError(f"exact_len {self.exact_len} does not fit {self.folded} tokens folded")
 
 
 # ---- rotary positions ------------------------------------------------------------------------
@@ -385,6 +425,7 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary)
     # back for every query of the segment (the tokens dropped or folded between sinks and window).
     n_s, n_b = min(plan.S, state.pos), state.buf_len
     k_sink, v_sink = _sinks_read(state, n_s, rotary), state.v_sink[:, :, :n_s]
+    causal = None  # one query sees every key held: the mask would hide nothing
     if Tq == 1 and n_s and n_b:
         # decoding: one query sees every key held, so sinks and window are read as two passes merged
         # exactly, sparing the copy of the whole window that joining them would take at every token
@@ -393,7 +434,6 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary)
     else:
         keys = torch.cat([k_sink, state.k_buf[:, :, :n_b]], dim=2)  # [B, Hkv, n_s + n_b, D]
         values = torch.cat([v_sink, state.v_buf[:, :, :n_b]], dim=2)
-        causal = None  # one query sees every key held: the mask would hide nothing
         if Tq > 1:
             key_pos = torch.cat(
                 [
@@ -409,15 +449,29 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary)
             causal = causal.repeat(G, 1)
         out, lse = _attend(q_abs, keys, values, causal, scale)
 
-    # pass 2: the dictionary, merged with pass 1 as one softmax over the union
-    n = state.size
-    if n:
+    # pass 2: the dictionary (and pass 3: tokens kept exactly), merged with pass 1 as one softmax
+    n, x = state.size, state.exact_len
+    if n or x:
         if plan.key_space == "pre_rope":  # the query rotated by the read distance: centroids at 0
             q_read = rotary.apply(qf, plan.distance, step=0).reshape(B, Hkv, G * Tq, D)
         else:
             q_read = q_abs
+    if n:
         bias = _count_bias(state, plan, sdt)  # [B, Hkv, 1, n]
-        out, _ = _merge(out, lse, *_attend(q_read, state.keys[:, :, :n], state.values[:, :, :n], bias, scale))
+        out, lse = _merge(
+            out, lse, *_attend(q_read, state.keys[:, :, :n], state.values[:, :, :n], bias, scale)
+        )
+    if x:
+        out, lse = _merge(
+            out, lse, *_attend(q_read, state.k_exact[:, :, :x], state.v_exact[:, :, :x], None, scale)
+        )
+    if state.attn is not None and n_b:
+        # the attention mass each window row receives, from every query head of its group: the rows
+        # a chunk's most attended tokens are chosen by when it is folded
+        s_win = (q_abs @ state.k_buf[:, :, :n_b].transpose(-1, -2)).float() * scale  # [B, Hkv, G*Tq, n_b]
+        if causal is not None:
+            s_win = s_win + causal[:, n_s:].float()
+        state.attn[:, :, :n_b] += (s_win - lse.float().unsqueeze(-1)).exp().sum(dim=2)
     return out.reshape(B, Hq, Tq, D).to(q.dtype)
 
 
@@ -477,6 +531,10 @@ def _drop_front(state: WindowMemoryState, n: int) -> None:
     if keep > 0:
         state.k_buf[:, :, :keep] = state.k_buf[:, :, n : n + keep].clone()
         state.v_buf[:, :, :keep] = state.v_buf[:, :, n : n + keep].clone()
+    if state.attn is not None:
+        if keep > 0:
+            state.attn[:, :, :keep] = state.attn[:, :, n : n + keep].clone()
+        state.attn[:, :, max(keep, 0) :] = 0  # rows new tokens will fill have received nothing yet
     state.buf_len = max(keep, 0)
 
 
@@ -495,8 +553,27 @@ def _fold(state: WindowMemoryState, plan: LayerPlan, rotary: Rotary, backend: st
     unit = lambda x: x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # noqa: E731  nearest by cosine
     _, assign = ops.coverage_assign(unit(chunk_k), unit(state.keys[:, :, :n]), M - n)
     ops.fold_update(state.keys, state.values, state.counts, n, chunk_k, chunk_v, assign, M, inplace=True)
+    if plan.X:
+        _keep_exact(state, plan, chunk_k, chunk_v)
     state.size, state.folded = M, state.folded + L
     _drop_front(state, L)
+
+
+def _keep_exact(state: WindowMemoryState, plan: LayerPlan, chunk_k, chunk_v) -> None:
+    """Add the chunk's `exact` most attended tokens per KV head to the exact store; when it would
+    overflow, it keeps the X most attended of old and new."""
+    x, E = state.exact_len, plan.exact
+    score, pick = state.attn[:, :, : plan.L].topk(E, dim=-1)  # [B, Hkv, E]
+    take = lambda t, i: t.gather(2, i.unsqueeze(-1).expand(*i.shape, t.shape[-1]))  # noqa: E731
+    keys = torch.cat([state.k_exact[:, :, :x], take(chunk_k.to(state.k_exact.dtype), pick)], dim=2)
+    values = torch.cat([state.v_exact[:, :, :x], take(chunk_v.to(state.v_exact.dtype), pick)], dim=2)
+    scores = torch.cat([state.exact_score[:, :, :x], score], dim=2)
+    if x + E > plan.X:
+        scores, keep = scores.topk(plan.X, dim=-1)
+        keys, values = take(keys, keep), take(values, keep)
+    m = scores.shape[-1]
+    state.k_exact[:, :, :m], state.v_exact[:, :, :m], state.exact_score[:, :, :m] = keys, values, scores
+    state.exact_len = m
 
 
 __all__ = [

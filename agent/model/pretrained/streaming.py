@@ -132,6 +132,8 @@ class RetrofitLM(nn.Module):
                 chunk=plan.L, pending=state.buf_len, state_bytes=state.nbytes,
                 kv_cache_bytes=2 * B * Hkv * state.pos * D * state.k_buf.element_size(),
             ).to_dict()  # fmt: skip
+        if plan.X:
+            entry["exact"] = {"held": state.exact_len, "capacity": plan.X, "per_chunk": plan.exact}
         return entry
 
     def kv_cache_bytes(self, tokens: int) -> int:
