@@ -553,3 +553,35 @@ _TURN = re.compile(r"<\|(user|assistant|observation)\|>(.*?)<\|end\|>", re.S)
 def _turns(plain: str) -> list[tuple[str, str]]:
     """(role, text) of each turn of text written in the plain chat format (generated filler)."""
     return [(m.group(1), m.group(2)) for m in _TURN.finditer(plain)]
+
+
+def plot(results_by_label: dict[str, dict], path: str) -> None:
+    """Two panels against distance, one line per setting: greedy hits, and the mean recital
+    log-probability (needs matplotlib: pip install 'ovq[plot]')."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ValueError("--plot needs matplotlib: pip install 'ovq[plot]' (or matplotlib)") from e
+    fig, (hits, recital) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, result in results_by_label.items():
+        ran = [b for b in result["buckets"] if "skipped" not in b]
+        xs = [b["distance"] for b in ran]
+        hits.plot(xs, [b["accuracy"] for b in ran], marker="o", label=label)
+        recital.plot(xs, [b["recital_logprob"] for b in ran], marker="o", label=label)
+    for ax, name in (
+        (hits, "answer in the greedy reply (share)"),
+        (recital, "recital log-probability (nats)"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens between fact and question")
+        ax.set_ylabel(name)
+    hits.set_ylim(0, 1.02)
+    recital.legend(fontsize=8)
+    sets = sorted({r["set"] for r in results_by_label.values()})
+    fig.suptitle(f"Recall of facts told in a chat (set: {', '.join(sets)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
