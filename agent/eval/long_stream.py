@@ -85,11 +85,12 @@ def perplexity_by_position(session: ScoringSession, text: str, edges: Sequence[i
 
 
 def greedy_replies(
-    new_session: Callable[[], ScoringSession], messages: Sequence[str] = MESSAGES, max_tokens: int = 48
+    new_session: Callable[[], ScoringSession], messages: Sequence[str] | None = None, max_tokens: int = 48
 ) -> list[str]:
-    """Each message asked in a fresh session (well inside any window), answered greedily."""
+    """Each message (default: MESSAGES) asked in a fresh session (well inside any window), answered
+    greedily."""
     sampling = SamplingConfig(max_tokens=max_tokens)
-    return [new_session().reply(m, sampling) for m in messages]
+    return [new_session().reply(m, sampling) for m in (MESSAGES if messages is None else messages)]
 
 
 def agreement(replies: Sequence[str], reference: Sequence[str]) -> dict:

@@ -137,3 +137,28 @@ def test_eval_chat_compares_retrofits_side_by_side(checkpoint, tmp_path, capsys)
     assert bounded["state_bytes"] < full["state_bytes"]  # a bounded state vs one sized for the context
     assert f"| {SMALL} |" in capsys.readouterr().out
     assert main([*argv[:-2], "--distances", "x"]) == 2
+
+
+def test_eval_chat_adds_perplexity_by_position_and_agreement_with_full_attention(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
+    import json
+
+    from ovq.agent.eval import long_stream
+
+    monkeypatch.setattr(long_stream, "MESSAGES", long_stream.MESSAGES[:4])  # fewer replies: a quicker test
+
+    out, md = tmp_path / "chat.json", tmp_path / "chat.md"
+    argv = ["eval", "chat", "--model", str(checkpoint), "--retrofits", f"full;{SMALL}", "--distances", "16"]
+    argv += ["--n", "1", "--max-tokens", "2", "--quiet", "--perplexity", "600", "--agreement"]
+    assert main([*argv, "--json", str(out), "--markdown", str(md)]) == 0
+    result = json.loads(out.read_text())
+    full, bounded = result["full"]["perplexity"], result[SMALL]["perplexity"]
+    assert full[-1]["to"] == 512 and sum(b["tokens"] for b in full) < 256  # full reads its context only
+    assert sum(b["tokens"] for b in bounded) > 500 and bounded[-1]["to"] == 2048  # the bound reads it all
+    assert all(b["ppl"] > 1 for b in full + bounded)
+    assert result["full"]["agreement"]["identical"] == result["full"]["agreement"]["total"] == 4
+    assert 0 <= result[SMALL]["agreement"]["identical"] <= 4
+    table = md.read_text()
+    assert "| setting | state bytes | ppl @ 0-512 | ppl @ 512-2,048 | greedy = full |" in table
+    assert capsys.readouterr().out.endswith(table)
