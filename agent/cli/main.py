@@ -165,7 +165,9 @@ def _eval_chat(args: argparse.Namespace) -> int:
     """Chat recall of one model under several memory settings, side by side (agent/eval/chat_recall.py)."""
     import tempfile
 
-    from ovq.agent.eval.chat_recall import load_fact_set, run_recall, to_markdown
+    from ovq.agent.eval.chat_recall import load_fact_set, plot, run_recall, to_markdown
+    from ovq.agent.eval.long_stream import agreement, greedy_replies, long_text, perplexity_by_position
+    from ovq.agent.eval.long_stream import to_markdown as long_markdown
     from ovq.agent.runtime.session import Runtime, Session
 
     retrofits = [r.strip() for r in (args.retrofits or "full;streaming;memory").split(";") if r.strip()]
@@ -195,10 +197,23 @@ def _eval_chat(args: argparse.Namespace) -> int:
                     one_per_stream=args.one_per_stream,
                 )  # fmt: skip
                 results[spec]["state_bytes"] = fresh().state.nbytes
+                if args.perplexity:  # full attention reads at most its context (less a system prompt)
+                    room = context - len(tok.encode(runtime.model.config.chat.preamble)) if context else None
+                    tokens = min(args.perplexity, room) if room else args.perplexity
+                    text = long_text(lambda t, tok=tok: len(tok.encode(t)), tokens, args.seed)
+                    results[spec]["perplexity"] = perplexity_by_position(fresh(), text)
+                    progress({"perplexity": results[spec]["perplexity"]})
+                if args.agreement:
+                    results[spec]["replies"] = greedy_replies(fresh)
+            if args.agreement and "full" in results:
+                for r in results.values():
+                    r["agreement"] = agreement(r["replies"], results["full"]["replies"])
+        if args.plot:
+            plot(results, args.plot)
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq eval chat: {e}", file=sys.stderr)
         return 2
-    return _report(args, results, to_markdown(results))
+    return _report(args, results, to_markdown(results) + "\n" + long_markdown(results))
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -318,6 +333,43 @@ def _feed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
+    from pathlib import Path
+
+    from ovq.agent.model.names import DEFAULT_MODEL
+    from ovq.agent.runtime.session import Runtime
+    from ovq.agent.server.app import ServeConfig, serve
+
+    key = args.api_key if args.api_key is not None else os.environ.get("OVQ_API_KEY") or None
+    try:
+        if not 0 <= args.port <= 65535:
+            raise ValueError(f"--port must lie in [0, 65535], got {args.port}")
+        config = ServeConfig(
+            api_key=key,
+            max_concurrent=args.max_concurrent,
+            max_body_bytes=args.max_body_mib << 20,
+            temperature=args.temperature,
+            max_tokens=args.max_tokens,
+            model_id=Path(args.model or DEFAULT_MODEL).name,
+        )
+        runtime = Runtime.load(args.model, args.store, capacity=args.capacity, retrofit=args.retrofit)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ovq serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if key is None and not loopback:
+        print(f"ovq serve: warning: {args.host} without --api-key: whoever reaches this port can read and "
+              "write every session", file=sys.stderr)  # fmt: skip
+    print(f"ovq serve: model {config.model_id}, sessions in {runtime.store.path} (a request's `user` "
+          "names its session)", file=sys.stderr)  # fmt: skip
+    serve(runtime, config, args.host, args.port)
+    return 0
+
+
 def _snapshots(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
@@ -356,6 +408,15 @@ def _snapshots(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.suite == "serve":
+        from ovq.agent.server import bench as serve_bench
+
+        try:
+            serve_bench.main(args.rest)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"ovq bench serve: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.suite in ("session", "snapshots", "speed"):
         from ovq.agent.cli import bench as runtime_bench
 
@@ -439,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare: the task config field --lengths sets (icl: examples_per_function)",
     )
     ev.add_argument("--markdown", help="compare: also write the markdown table to this file")
-    ev.add_argument("--plot", help="compare: also write a PNG plot to this file (needs matplotlib)")
+    ev.add_argument("--plot", help="compare, chat: also write a PNG plot to this file (needs matplotlib)")
     ev.add_argument("--task", default="memory_dialogue", help="icr | positional_icr | icl | memory_dialogue")
     ev.add_argument("--preset", default="default", help="task preset (e.g. default, train_4k, test_64k)")
     ev.add_argument(
@@ -474,6 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="chat: no progress lines")
     ev.add_argument(
         "--one-per-stream", action="store_true", help="chat: each fact alone in a stream of its own (slower)"
+    )
+    ev.add_argument(
+        "--perplexity",
+        type=int,
+        default=0,
+        metavar="TOKENS",
+        help="chat: also the perplexity of this many tokens of long text per setting, by stream position "
+        "(full attention: up to its context)",
+    )
+    ev.add_argument(
+        "--agreement",
+        action="store_true",
+        help="chat: also greedy replies to ordinary messages, compared word for word with 'full'",
     )
     ev.set_defaults(func=_eval)
 
@@ -512,6 +586,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     feed.add_argument("--quiet", action="store_true", help="no progress bar and no save lines")
     feed.set_defaults(func=_feed)
+
+    srv = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP API in which each conversation (`user`) is a persistent session",
+        description="Serve /v1/chat/completions and /v1/models in OpenAI's format. A request's `user`\n"
+        "names its session (default: default); it feeds only the messages the session does not hold\n"
+        "yet, so a client may send just the newest one. More: the README's 'Serving an OpenAI-\n"
+        "compatible API'.",
+        **with_example("ovq serve --model tiny --port 8000 --api-key sk-local-7f3a"),
+    )
+    add_common(srv, {"model": None, "store": None})
+    add_capacity_option(srv)
+    add_retrofit_option(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    srv.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on every request (default: $OVQ_API_KEY if set, else none)",
+    )
+    srv.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=4,
+        help="sessions replying at once; more requests wait their turn",
+    )
+    srv.add_argument("--max-body-mib", type=int, default=8, help="largest request body (MiB); larger: 413")
+    srv.add_argument(
+        "--temperature", type=float, default=0.0, help="for requests that give none (0: greedy, as ovq chat)"
+    )
+    srv.add_argument("--max-tokens", type=int, default=256, help="longest reply for requests that give none")
+    srv.set_defaults(func=_serve)
 
     snaps = sub.add_parser(
         "snapshots",
@@ -560,9 +665,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "suite",
-        choices=["memory", "kernels", "session", "snapshots", "speed"],
+        choices=["memory", "kernels", "session", "snapshots", "speed", "serve"],
         help="memory: the OVQ op vs full attention; kernels: chunk read vs SDPA and the fold's share; "
-        "session: a 1M-token soak; snapshots: save/restore vs raw LMDB; speed: prefill and generation tok/s",
+        "session: a 1M-token soak; snapshots: save/restore vs raw LMDB; speed: prefill and generation tok/s; "
+        "serve: what the HTTP layer of ovq serve adds to a chat turn",
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the suite (see its --help)")
     bench.set_defaults(func=_bench, _common={})

@@ -13,7 +13,7 @@ from ovq.agent.model.hybrid import HybridLM, ModelConfig
 from ovq.agent.model.names import PRETRAINED
 from ovq.agent.model.tokenizer import Tokenizer
 
-COMMANDS = ["chat", "train", "eval", "probe", "feed", "snapshots", "bench"]
+COMMANDS = ["chat", "train", "eval", "probe", "feed", "serve", "snapshots", "bench"]
 
 
 @pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
