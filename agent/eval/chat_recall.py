@@ -53,6 +53,9 @@ PASSAGE_ACK = "Thanks, noted."
 GAP_TOKENS = 48  # filler between two stated facts: enough to separate them, small against the distances
 FILLER_TURN_TOKENS = 400  # the longest filler exchange: a page or so of reading
 TURN_OVERHEAD = 8  # tokens a chat template adds around one turn, at most, for sizing before anything is fed
+# Kept free of a bounded context besides the estimate: a system prompt the session starts with, and the
+# last filler exchange's overshoot (a stream of 8,213 tokens was estimated at 8,135)
+CONTEXT_MARGIN = 256
 MIN_PASSAGE_WORDS = 6  # a passage cut shorter than this stops reading as text
 
 
@@ -289,7 +292,7 @@ def run_recall(
                 tuple(every_answer),
             ),  # fmt: skip
         )
-        needed = bucket.tokens_needed(max_tokens)
+        needed = bucket.tokens_needed(max_tokens) + CONTEXT_MARGIN
         if max_context is not None and needed > max_context:
             buckets.append({"distance": distance, "skipped": SKIPPED, "needed_tokens": needed})
         elif not one_per_stream:
