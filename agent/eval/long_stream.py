@@ -51,13 +51,19 @@ class ScoringSession(Protocol):
 
 def long_text(count_tokens: Callable[[str], int], tokens: int, seed: int = 0) -> str:
     """Help prose of at most `tokens` tokens (and within a paragraph of it): whole paragraphs in
-    document order from a seeded start."""
+    document order from a seeded start. Measured joined (paragraphs counted apart come out shorter)."""
     passages = help_passages()
-    i, parts, n = random.Random(seed).randrange(len(passages)), [], 0
-    while n + (m := count_tokens(passages[i % len(passages)]) + 1) <= tokens:
-        parts.append(passages[i % len(passages)])
-        n, i = n + m, i + 1
-    return "\n\n".join(parts)
+    start = random.Random(seed).randrange(len(passages))
+    parts, n = [], 0
+    while n <= tokens:  # enough paragraphs, by their separate counts, to pass the budget
+        parts.append(passages[(start + len(parts)) % len(passages)])
+        n += count_tokens(parts[-1])
+    fits = lambda k: count_tokens("\n\n".join(parts[:k])) <= tokens  # noqa: E731
+    lo, hi = 0, len(parts)  # the most paragraphs that fit, joined: fits(lo), not fits(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return "\n\n".join(parts[:lo])
 
 
 def perplexity_by_position(session: ScoringSession, text: str, edges: Sequence[int] = EDGES) -> list[dict]:
