@@ -51,7 +51,8 @@ class ScoringSession(Protocol):
 
 def long_text(count_tokens: Callable[[str], int], tokens: int, seed: int = 0) -> str:
     """Help prose of at most `tokens` tokens (and within a paragraph of it): whole paragraphs in
-    document order from a seeded start. Measured joined (paragraphs counted apart come out shorter)."""
+    document order from a seeded start (or the first one's first words, if it alone is too long).
+    Measured joined (paragraphs counted apart come out shorter)."""
     passages = help_passages()
     start = random.Random(seed).randrange(len(passages))
     parts, n = [], 0
@@ -63,7 +64,14 @@ def long_text(count_tokens: Callable[[str], int], tokens: int, seed: int = 0) ->
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return "\n\n".join(parts[:lo])
+    if lo:
+        return "\n\n".join(parts[:lo])
+    words = parts[0].split(" ")  # not one paragraph fits: as many of the first one's words as do
+    lo, hi = 0, len(words)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count_tokens(" ".join(words[:mid])) <= tokens else (lo, mid)
+    return " ".join(words[:lo])
 
 
 def perplexity_by_position(session: ScoringSession, text: str, edges: Sequence[int] = EDGES) -> list[dict]:

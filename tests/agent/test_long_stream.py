@@ -33,6 +33,8 @@ def test_long_text_is_whole_paragraphs_within_the_budget_and_the_same_for_a_seed
     assert text == long_text(count(runtime), 3000, seed=3)
     assert text != long_text(count(runtime), 3000, seed=4)
     assert "\n\n" in text and not text.startswith(" ")
+    short = long_text(count(runtime), 20, seed=3)  # shorter than any paragraph: its first words
+    assert 10 < count(runtime)(short) <= 20 and text.startswith(short)
 
 
 def test_perplexity_buckets_hold_each_scored_tokens_nll_by_stream_position(runtime):
