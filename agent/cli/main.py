@@ -197,13 +197,9 @@ def _eval_chat(args: argparse.Namespace) -> int:
                     one_per_stream=args.one_per_stream,
                 )  # fmt: skip
                 results[spec]["state_bytes"] = fresh().state.nbytes
-                if args.perplexity:  # full attention reads at most its context (less a system prompt,
-                    # and a margin: paragraphs tokenised joined can come out a few tokens longer)
-                    room = (
-                        context - len(tok.encode(runtime.model.config.chat.preamble)) - 64
-                        if context
-                        else None
-                    )
+                if args.perplexity:  # full attention reads at most its context, less a system prompt
+                    # (long_text measures the text as it is fed: tokenised whole, apart from the prompt)
+                    room = context - len(tok.encode(runtime.model.config.chat.preamble)) if context else None
                     tokens = min(args.perplexity, room) if room else args.perplexity
                     text = long_text(lambda t, tok=tok: len(tok.encode(t)), tokens, args.seed)
                     results[spec]["perplexity"] = perplexity_by_position(fresh(), text)
