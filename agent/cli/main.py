@@ -45,7 +45,7 @@ def _train(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     try:  # options, a shape the model refuses, or a run whose saved state disagrees: one line, exit 2
         out = train(TrainConfig(**values))
-    except ValueError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"ovq train: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns here

@@ -1,5 +1,6 @@
 """Loading models: a hybrid model directory (`model.safetensors` + `config.json` + `tokenizer.json`
-(+ `card.md`)), a pretrained checkpoint run with the retrofit, or a model by name.
+(+ `card.md`)), a pretrained checkpoint run with the retrofit, a directory of a tuned memory reading
+(`memory_read.safetensors` + `memory_read.json`, naming its base checkpoint), or a model by name.
 
 The fingerprint (SHA-256 over config, weights and tokenizer; for a pretrained model, over the model
 config with its retrofit settings and the checkpoint's bytes) identifies a model exactly; snapshots
@@ -32,6 +33,13 @@ from ovq.agent.model.names import (  # noqa: F401  (re-exported: where a model i
 )
 from ovq.agent.model.pretrained import PretrainedError, load_pretrained
 from ovq.agent.model.pretrained.chat_template import CHATML, TemplateChat, TemplateError
+from ovq.agent.model.pretrained.memory_read import (
+    ADAPTER,
+    ADAPTER_CONFIG,
+    MemoryReadParams,
+    is_adapter_dir,
+    read_adapter_config,
+)
 from ovq.agent.model.pretrained.retrofit import RetrofitConfig, parse_retrofit
 from ovq.agent.model.pretrained.streaming import RetrofitLM
 from ovq.agent.model.tokenizer import Tokenizer
@@ -97,6 +105,8 @@ def load_model(
     only) is a preset name (memory, streaming, full) or `key=value,...` settings over the default.
     Both are part of the fingerprint: sessions saved at one setting resume only at that setting."""
     path = resolve_model_path(path)
+    if is_adapter_dir(path):
+        return _load_tuned(path, device, capacity, retrofit)
     if is_pretrained(path):
         return _load_pretrained(path, device, capacity, retrofit)
     if retrofit is not None:
@@ -153,6 +163,32 @@ def _load_pretrained(path: Path, device, capacity: int | None, retrofit) -> Load
     digest = hashlib.sha256(model.config.to_json().encode())
     digest.update(source_digest(path).encode())
     return LoadedModel(model, tokenizer, path, digest.hexdigest())
+
+
+def _load_tuned(path: Path, device, capacity: int | None, retrofit) -> LoadedModel:
+    """A directory from `ovq train --init <pretrained>`: its base checkpoint with the retrofit it was
+    tuned for (or `retrofit`, when given) and its learned memory reading."""
+    meta = read_adapter_config(path)
+    base = resolve_model_path(meta["base"])
+    if not base.exists():
+        raise FileNotFoundError(f"{path} was tuned from {meta['base']}, which is not there")
+    if meta.get("base_digest") not in (None, source_digest(base)):
+        raise ValueError(f"{path} was tuned from another {meta['base']} (its files differ from {base})")
+    if retrofit is None:
+        try:
+            retrofit = RetrofitConfig.from_dict(meta["retrofit"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path / ADAPTER_CONFIG}: bad retrofit settings: {e}") from None
+    loaded = _load_pretrained(base, device, capacity, retrofit)
+    c = loaded.model.config.llama
+    if loaded.model.config.retrofit.kind != "memory":
+        kind = loaded.model.config.retrofit.kind
+        raise ValueError(f"{path} tunes how a memory is read; the {kind!r} retrofit has none")
+    params = MemoryReadParams.load(path / ADAPTER, c.n_layers, c.n_heads, c.n_kv_heads)
+    loaded.model.attach_memory_read(params)
+    digest = hashlib.sha256(loaded.fingerprint.encode())
+    digest.update((path / ADAPTER).read_bytes())
+    return LoadedModel(loaded.model, loaded.tokenizer, path, digest.hexdigest())
 
 
 def source_digest(path: Path) -> str:

@@ -44,6 +44,7 @@ class TrainConfig:
     init: str | None = None
     workers: int = 0
     chat_format: str | None = None
+    retrofit: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -102,6 +103,7 @@ HELP = {
     "log": "append one JSON line per step (step, loss, lr, tokens/s) to this file",
     "init": 'start from this model directory\'s weights ("default" or "tiny": the shipped hybrid)',
     "workers": "processes generating batches ahead of the step (0: in the training process)",
+    "retrofit": "with a pretrained --init: the retrofit whose memory reading is tuned (default: memory)",
     "chat_format": 'how chat turns are written: "plain" (the shipped model) or "spaced" (a space opens '
     "each turn, so an answer keeps the tokens of its statement); default: --init's, else plain",
 }

@@ -108,7 +108,14 @@ def train_tokenizer(mix, cfg: TrainConfig, n_texts: int = 2000) -> Tokenizer:
 
 
 def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
-    """Train (or resume) into cfg.out; returns the model directory. Call under torchrun for DDP."""
+    """Train (or resume) into cfg.out; returns the model directory. Call under torchrun for DDP.
+    A pretrained --init (or a tune to resume in cfg.out) tunes its memory reading instead (tune.py)."""
+    if _is_tune(cfg):
+        from ovq.agent.train.tune import tune
+
+        return tune(cfg, cfg.retrofit)
+    if cfg.retrofit is not None:
+        raise ValueError("--retrofit applies to a pretrained --init (a checkpoint or a name like smollm2)")
     rank, world = _init_distributed()
     device = _device(cfg.device, rank)
     out = Path(cfg.out)
@@ -191,6 +198,20 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     if world > 1:
         dist.barrier()
     return out
+
+
+def _is_tune(cfg: TrainConfig) -> bool:
+    from ovq.agent.model.checkpoint import is_pretrained
+    from ovq.agent.model.names import resolve_model_path
+    from ovq.agent.model.pretrained.memory_read import is_adapter_dir
+    from ovq.agent.train.tune import TUNE_STATE
+
+    if (Path(cfg.out) / TUNE_STATE).is_file():
+        return True
+    if cfg.init is None or cfg.init == "default":
+        return False
+    path = resolve_model_path(cfg.init)  # a pretrained name not installed: FileNotFoundError saying how
+    return is_pretrained(path) or is_adapter_dir(path)
 
 
 def _shape(cfg: TrainConfig) -> dict:

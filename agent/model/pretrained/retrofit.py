@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -346,6 +346,18 @@ class Rotary:
 # ---- the layer op ----------------------------------------------------------------------------
 
 
+class MemoryRead(NamedTuple):
+    """A layer's learned reading of its dictionary (memory_read.py trains them; absent: the rule as
+    written above, which these reduce to at zero). Only the dictionary's logits change:
+    s * exp(log_scale_h) * q.mu_k + exp(log_gain_g) * alpha * log(count_k) + bias_h, for query head h of
+    KV group g. Sinks and window are read as the checkpoint was trained to, so a stream that has not
+    folded a chunk yet is unchanged."""
+
+    log_scale: torch.Tensor  # [Hq]
+    bias: torch.Tensor  # [Hq]
+    log_gain: torch.Tensor  # [Hkv]
+
+
 def window_memory_attention(
     q: torch.Tensor,  # [B, Hq, T, D]  before RoPE
     k: torch.Tensor,  # [B, Hkv, T, D] before RoPE
@@ -355,9 +367,14 @@ def window_memory_attention(
     inv_freq: torch.Tensor,  # [D/2]
     backend: str = "torch",
     rotary: Rotary | None = None,  # tables shared by the layers of one forward call
+    read: MemoryRead | None = None,
 ) -> tuple[torch.Tensor, WindowMemoryState]:
     """Attention of T new tokens over the layer's bounded state; the state is updated in place and
-    returned. Output [B, Hq, T, D] in q's dtype."""
+    returned. Output [B, Hq, T, D] in q's dtype.
+
+    Under autograd (training the memory's reading) the output carries gradients to q, k, v and `read`;
+    the state only ever holds detached values, so a stream is trained a segment at a time (truncated
+    back-propagation: a segment's loss reaches this segment's tokens, not the ones before it)."""
     rotary = Rotary(inv_freq) if rotary is None else rotary
     B, Hq, T, D = q.shape
     if plan.kind == "full" and state.pos + T > plan.context:
@@ -365,11 +382,12 @@ def window_memory_attention(
             f"full attention holds at most {plan.context} tokens (the checkpoint's context); this stream "
             f"would reach {state.pos + T}. Use a bounded retrofit (sinks + window, with or without memory)"
         )
-    out = torch.empty_like(q)
+    pieces = []  # [B, Hq, T_i, D] per segment
+    fresh: list[torch.Tensor] = []  # under autograd: this call's window keys and values, as computed
     i = 0
     while i < T:
         j = i + _segment_length(state, plan, T - i)
-        out[:, :, i:j] = _segment(q[:, :, i:j], k[:, :, i:j], v[:, :, i:j], state, plan, rotary)
+        pieces.append(_segment(q[:, :, i:j], k[:, :, i:j], v[:, :, i:j], state, plan, rotary, read, fresh))
         if plan.kind != "full" and state.pos == _next_fold(state, plan):
             if plan.kind == "memory":
                 _fold(state, plan, rotary, backend)
@@ -377,7 +395,9 @@ def window_memory_attention(
                 _drop_front(state, plan.L)
                 state.folded += plan.L
         i = j
-    return out, state
+    if len(pieces) == 1:
+        return pieces[0], state
+    return (torch.cat(pieces, dim=2) if pieces else torch.empty_like(q)), state
 
 
 def _next_fold(state: WindowMemoryState, plan: LayerPlan) -> int:
@@ -394,25 +414,28 @@ def _segment_length(state: WindowMemoryState, plan: LayerPlan, remaining: int) -
     return n
 
 
-def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary) -> torch.Tensor:
+def _segment(
+    q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary, read: MemoryRead | None, fresh: list
+) -> torch.Tensor:
     B, Hq, Tq, D = q.shape
     Hkv = k.shape[1]
     G = Hq // Hkv
     sdt = state.k_buf.dtype
     t0 = state.pos  # the queries sit at t0 .. t0 + Tq - 1
+    grad = torch.is_grad_enabled()  # training: the state gets detached copies, the read the originals
 
     # store the new keys (rotated at their positions): sinks first, the rest into the buffer
-    k_rot = rotary.apply(k.to(sdt), t0)
+    k_rot, v_new = rotary.apply(k.to(sdt), t0), v.to(sdt)
     n_sink = max(0, min(plan.S - state.pos, Tq))
     if n_sink:
         a = state.pos
-        state.k_sink[:, :, a : a + n_sink] = k_rot[:, :, :n_sink]
-        state.v_sink[:, :, a : a + n_sink] = v[:, :, :n_sink].to(sdt)
+        state.k_sink[:, :, a : a + n_sink] = k_rot[:, :, :n_sink].detach()
+        state.v_sink[:, :, a : a + n_sink] = v_new[:, :, :n_sink].detach()
     rest = Tq - n_sink
     if rest:
         a = state.buf_len
-        state.k_buf[:, :, a : a + rest] = k_rot[:, :, n_sink:]
-        state.v_buf[:, :, a : a + rest] = v[:, :, n_sink:].to(sdt)
+        state.k_buf[:, :, a : a + rest] = k_rot[:, :, n_sink:].detach()
+        state.v_buf[:, :, a : a + rest] = v_new[:, :, n_sink:].detach()
         state.buf_len += rest
     state.pos += Tq
 
@@ -426,14 +449,27 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary)
     n_s, n_b = min(plan.S, state.pos), state.buf_len
     k_sink, v_sink = _sinks_read(state, n_s, rotary), state.v_sink[:, :, :n_s]
     causal = None  # one query sees every key held: the mask would hide nothing
-    if Tq == 1 and n_s and n_b:
+    if Tq == 1 and n_s and n_b and not grad:
         # decoding: one query sees every key held, so sinks and window are read as two passes merged
         # exactly, sparing the copy of the whole window that joining them would take at every token
         out, lse = _attend(q_abs, state.k_buf[:, :, :n_b], state.v_buf[:, :, :n_b], None, scale)
         out, lse = _merge(out, lse, *_attend(q_abs, k_sink, v_sink, None, scale))
     else:
-        keys = torch.cat([k_sink, state.k_buf[:, :, :n_b]], dim=2)  # [B, Hkv, n_s + n_b, D]
-        values = torch.cat([v_sink, state.v_buf[:, :, :n_b]], dim=2)
+        k_win, v_win = state.k_buf[:, :, :n_b], state.v_buf[:, :, :n_b]
+        if grad and rest:  # this call's window tokens as computed, with their gradient (the buffer
+            # holds detached copies); what earlier calls left there stays detached
+            if fresh:
+                fresh[:] = [
+                    torch.cat([fresh[0], k_rot[:, :, n_sink:]], 2),
+                    torch.cat([fresh[1], v_new[:, :, n_sink:]], 2),
+                ]
+            else:
+                fresh[:] = [k_rot[:, :, n_sink:], v_new[:, :, n_sink:]]
+            m = min(fresh[0].shape[2], n_b)  # the newest m rows of the window
+            k_win = torch.cat([k_win[:, :, : n_b - m], fresh[0][:, :, -m:]], dim=2)
+            v_win = torch.cat([v_win[:, :, : n_b - m], fresh[1][:, :, -m:]], dim=2)
+        keys = torch.cat([k_sink, k_win], dim=2)  # [B, Hkv, n_s + n_b, D]
+        values = torch.cat([v_sink, v_win], dim=2)
         if Tq > 1:
             key_pos = torch.cat(
                 [
@@ -458,21 +494,37 @@ def _segment(q, k, v, state: WindowMemoryState, plan: LayerPlan, rotary: Rotary)
             q_read = q_abs
     if n:
         bias = _count_bias(state, plan, sdt)  # [B, Hkv, 1, n]
-        out, lse = _merge(
-            out, lse, *_attend(q_read, state.keys[:, :, :n], state.values[:, :, :n], bias, scale)
-        )
+        q_dict, k_dict, v_dict = q_read, state.keys[:, :, :n], state.values[:, :, :n]
+        if grad:  # a fold rewrites the dictionary in place before the backward pass reads it
+            k_dict, v_dict = k_dict.clone(), v_dict.clone()
+        if read is not None:
+            per_head = read.log_scale.exp().to(sdt).view(Hkv, G, 1, 1)
+            q_dict = (q_read.view(B, Hkv, G, Tq, D) * per_head).view(B, Hkv, G * Tq, D)
+            bias = bias * read.log_gain.exp().to(sdt).view(1, Hkv, 1, 1)
+        o_dict, lse_dict = _attend(q_dict, k_dict, v_dict, bias, scale)
+        if read is not None:  # + bias_h on every centroid's logit: the same softmax, e^bias_h the mass
+            lse_dict = lse_dict + read.bias.to(lse_dict.dtype).view(1, Hkv, G, 1).expand(
+                B, Hkv, G, Tq
+            ).reshape(B, Hkv, G * Tq)
+        out, lse = _merge(out, lse, o_dict, lse_dict)
     if x:
-        out, lse = _merge(
-            out, lse, *_attend(q_read, state.k_exact[:, :, :x], state.v_exact[:, :, :x], None, scale)
-        )
+        k_x, v_x = state.k_exact[:, :, :x], state.v_exact[:, :, :x]
+        if grad:
+            k_x, v_x = k_x.clone(), v_x.clone()
+        out, lse = _merge(out, lse, *_attend(q_read, k_x, v_x, None, scale))
     if state.attn is not None and n_b:
-        # the attention mass each window row receives, from every query head of its group: the rows
-        # a chunk's most attended tokens are chosen by when it is folded
-        s_win = (q_abs @ state.k_buf[:, :, :n_b].transpose(-1, -2)).float() * scale  # [B, Hkv, G*Tq, n_b]
-        if causal is not None:
-            s_win = s_win + causal[:, n_s:].float()
-        state.attn[:, :, :n_b] += (s_win - lse.float().unsqueeze(-1)).exp().sum(dim=2)
+        _add_attention_mass(state, q_abs, lse, causal, n_s, n_b, scale)
     return out.reshape(B, Hq, Tq, D).to(q.dtype)
+
+
+@torch.no_grad()
+def _add_attention_mass(state: WindowMemoryState, q_abs, lse, causal, n_s: int, n_b: int, scale) -> None:
+    """The attention mass each window row receives, from every query head of its group: the rows a
+    chunk's most attended tokens are chosen by when it is folded."""
+    s_win = (q_abs @ state.k_buf[:, :, :n_b].transpose(-1, -2)).float() * scale  # [B, Hkv, G*Tq, n_b]
+    if causal is not None:
+        s_win = s_win + causal[:, n_s:].float()
+    state.attn[:, :, :n_b] += (s_win - lse.float().unsqueeze(-1)).exp().sum(dim=2)
 
 
 def _merge(out_a, lse_a, out_b, lse_b) -> tuple[torch.Tensor, torch.Tensor]:
@@ -501,7 +553,8 @@ _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
 
 def _attend(q, k, v, bias, scale) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(q k^T * scale + bias) v and its log-sum-exp per row: ([B, H, R, D], [B, H, R])."""
-    if _FLASH_CPU is not None and q.device.type == "cpu":
+    # (the flash op's log-sum-exp carries no gradient: training reads with the math below)
+    if _FLASH_CPU is not None and q.device.type == "cpu" and not _needs_grad(q, k, v, bias):
         out, lse = _FLASH_CPU(q, k, v, attn_mask=bias, scale=scale)
         return out, lse.to(q.dtype)
     s = (q @ k.transpose(-1, -2)) * scale
@@ -509,6 +562,10 @@ def _attend(q, k, v, bias, scale) -> tuple[torch.Tensor, torch.Tensor]:
         s = s + bias
     lse = torch.logsumexp(s, dim=-1)
     return torch.softmax(s, dim=-1) @ v, lse
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _count_bias(state: WindowMemoryState, plan: LayerPlan, dtype: torch.dtype) -> torch.Tensor:
@@ -581,6 +638,7 @@ __all__ = [
     "parse_retrofit",
     "PRESETS",
     "LayerPlan",
+    "MemoryRead",
     "RetrofitConfig",
     "Rotary",
     "WindowMemoryState",

@@ -19,6 +19,7 @@ from ovq.agent.model.pretrained.chat_template import CHATML, TemplateChat
 from ovq.agent.model.pretrained.checkpoint import Checkpoint
 from ovq.agent.model.pretrained.config import LlamaConfig, rope_inv_freq
 from ovq.agent.model.pretrained.llama import LlamaLM
+from ovq.agent.model.pretrained.memory_read import MemoryReadParams
 from ovq.agent.model.pretrained.retrofit import (
     LayerPlan,
     RetrofitConfig,
@@ -90,6 +91,7 @@ class RetrofitLM(nn.Module):
         super().__init__()
         self.llama, self.config, self.backend = llama, config, backend
         self._plans = config.plans
+        self.memory_read: MemoryReadParams | None = None  # learned dictionary reading (memory_read.py)
         # [D/2] rotary frequencies, float64 for exact angles at any stream position
         self.register_buffer("inv_freq", rope_inv_freq(config.llama).to(torch.float64), persistent=False)
 
@@ -141,12 +143,30 @@ class RetrofitLM(nn.Module):
         c = self.config.llama
         return 2 * tokens * c.n_kv_heads * c.head_dim * 4 * c.n_layers
 
+    def attach_memory_read(self, params: MemoryReadParams | None) -> None:
+        """Read the dictionaries with learned parameters (None: the hand-written rule)."""
+        c = self.config.llama
+        if params is not None and params.shape != (c.n_layers, c.n_heads, c.n_kv_heads):
+            raise ValueError(f"memory-read parameters of shape {params.shape} do not fit this model")
+        self.memory_read = None if params is None else params.to(self.device)
+
     @torch.no_grad()
     def forward(
         self, tokens: torch.Tensor, state: RetrofitState | None = None, last_only: bool = False
     ) -> tuple[torch.Tensor, RetrofitState]:
         """tokens [B, T] (int64) -> logits [B, T, V] ([B, 1, V] with `last_only`; float32, float64 for
         a float64 model), and the state, updated in place (a fresh one when None is given)."""
+        return self.stream(tokens, state, last_only)
+
+    def stream(
+        self,
+        tokens: torch.Tensor,
+        state: RetrofitState | None = None,
+        last_only: bool = False,
+        positions: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, RetrofitState]:
+        """`forward` under the caller's grad mode (training the memory's reading); `positions` [P]
+        (indices into T) computes logits only there, [B, P, V]."""
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be int64 [B, T], got {tokens.dtype} {tuple(tokens.shape)}")
         V = self.config.vocab_size
@@ -162,17 +182,20 @@ class RetrofitLM(nn.Module):
         body = self.llama.model
         x = body.embed_tokens(tokens)  # [B, T, C]
         rotary = Rotary(self.inv_freq)  # one set of rotation tables for all layers of this call
-        for block, s, plan in zip(body.layers, state.layers, self._plans):
+        for i, (block, s, plan) in enumerate(zip(body.layers, state.layers, self._plans)):
             attn = block.self_attn
             h = block.input_layernorm(x)
             q = attn.q_proj(h).view(B, T, attn.Hq, attn.D).transpose(1, 2)  # [B, Hq, T, D]
             k = attn.k_proj(h).view(B, T, attn.Hkv, attn.D).transpose(1, 2)  # [B, Hkv, T, D]
             v = attn.v_proj(h).view(B, T, attn.Hkv, attn.D).transpose(1, 2)
-            o, _ = window_memory_attention(q, k, v, s, plan, self.inv_freq, self.backend, rotary)
+            read = self.memory_read.layer(i) if self.memory_read is not None and plan.N else None
+            o, _ = window_memory_attention(q, k, v, s, plan, self.inv_freq, self.backend, rotary, read)
             x = x + attn.o_proj(o.transpose(1, 2).reshape(B, T, attn.Hq * attn.D))
             x = x + block.mlp(block.post_attention_layernorm(x))
         if last_only:
             x = x[:, -1:]
+        elif positions is not None:
+            x = x[:, positions]
         x = body.norm(x)
         head = body.embed_tokens.weight if self.llama.lm_head is None else self.llama.lm_head.weight
         state.pos += T
