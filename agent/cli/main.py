@@ -68,7 +68,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                 help=f"{HELP[f.name]} (default {f.default})",
             )
             continue
-        kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+        kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(str(f.type), str)
         default = None if f.default is MISSING else f.default
         p.add_argument(flag, dest=f.name, type=kind, default=None, help=f"{HELP[f.name]} (default {default})")
 

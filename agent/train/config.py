@@ -45,6 +45,7 @@ class TrainConfig:
     workers: int = 0
     chat_format: str | None = None
     retrofit: str | None = None
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -67,6 +68,8 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lm_weight >= 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise ValueError(f"stop_at must lie in [1, steps={self.steps}], got {self.stop_at}")
         if self.chat_format is not None:
@@ -103,6 +106,8 @@ HELP = {
     "log": "append one JSON line per step (step, loss, lr, tokens/s) to this file",
     "init": 'start from this model directory\'s weights ("default" or "tiny": the shipped hybrid)',
     "workers": "processes generating batches ahead of the step (0: in the training process)",
+    "time_limit": "seconds this run may take: it checkpoints and stops before the next step would pass "
+    "them (resume it later; sized by the slowest step so far)",
     "retrofit": "with a pretrained --init: the retrofit whose memory reading is tuned (default: memory)",
     "chat_format": 'how chat turns are written: "plain" (the shipped model) or "spaced" (a space opens '
     "each turn, so an answer keeps the tokens of its statement); default: --init's, else plain",

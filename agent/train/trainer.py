@@ -162,8 +162,13 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
     progress = _Progress(cfg.steps, start, enabled=cfg.progress and rank == 0)
     end = cfg.steps if cfg.stop_at is None else cfg.stop_at
     batches = _batches(mix, tokenizer, cfg, range(start, end), rank, world, pin=device.type == "cuda")
-    t0 = time.perf_counter()
+    t0 = began = time.perf_counter()
+    slowest = 0.0
     for step, (tokens, mask) in zip(range(start, end), batches):
+        if cfg.time_limit is not None and time.perf_counter() - began + slowest > cfg.time_limit:
+            if rank == 0 and step > start:
+                _save_train_state(out, model, tokenizer, opt, cfg, step)
+            break
         tokens, mask = tokens.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         valid = tokens[:, 1:] != tokenizer.special[PAD]
         counts = torch.stack([mask.sum(), valid.sum()]).float()
@@ -185,6 +190,7 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         reported = loss.detach() / world
         if world > 1:
             dist.all_reduce(reported)
+        slowest = max(slowest, time.perf_counter() - t0)
         tps = tokens[:, :-1].numel() * world / (time.perf_counter() - t0)
         t0 = time.perf_counter()
         progress.update(step + 1, float(reported), tps)

@@ -88,8 +88,13 @@ def tune(cfg: TrainConfig, retrofit: str | None = None) -> Path:
     model.attach_memory_read(params)
     params = model.memory_read  # moved to the model's device
     end = cfg.steps if cfg.stop_at is None else cfg.stop_at
+    began, slowest = time.perf_counter(), 0.0
     for step in range(start, end):
         t0 = time.perf_counter()
+        if cfg.time_limit is not None and t0 - began + slowest > cfg.time_limit:
+            if step > start:
+                _save(out, params, opt, cfg, step, base, settings, loaded)
+            break
         lr = _lr(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -102,6 +107,7 @@ def tune(cfg: TrainConfig, retrofit: str | None = None) -> Path:
         torch.nn.utils.clip_grad_norm_(params.parameters(), cfg.grad_clip)
         opt.step()
         seconds = time.perf_counter() - t0
+        slowest = max(slowest, seconds)
         n = cfg.batch_size
         record = {
             "step": step + 1, "kl": totals["kl"] / n, "answer": totals["answer"] / n, "lr": lr,
@@ -193,6 +199,9 @@ def _base_name(init: str | None) -> str:
     path = resolve_model_path(init)
     if is_adapter_dir(path):
         raise ValueError(f"{init} is a tuned memory reading; to train it further, give it as --out")
+    for name, (_, filename) in PRETRAINED.items():  # a wheel's file copied elsewhere (a GPU machine
+        if path.name == filename:  # without the wheel): recorded by name, and the digest checks it
+            return name
     return str(path.resolve())
 
 

@@ -113,3 +113,16 @@ def test_a_tune_applies_only_to_its_own_base(checkpoint, tuned, tmp_path, tok): 
     (moved / "memory_read.json").write_text(meta)
     with pytest.raises(ValueError, match="was tuned from another"):
         load_model(moved)
+
+
+def test_a_time_limit_stops_at_a_checkpoint_that_resumes(checkpoint, tuned, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    common = ["train", "--init", str(checkpoint), "--out", str(out), "--steps", "8", *ARGS, "--no-progress"]
+    assert main([*common, "--time-limit", "0.01"]) == 0  # one step passes it: saved after that step
+    assert json.loads((out / "tune_state.json").read_text())["step"] == 1
+    assert main(common) == 0
+    one = MemoryReadParams.load(tuned / ADAPTER, 2, 4, 2)
+    two = MemoryReadParams.load(out / ADAPTER, 2, 4, 2)
+    assert all(torch.equal(a, b) for a, b in zip(one.parameters(), two.parameters()))
