@@ -46,6 +46,7 @@ class TrainConfig:
     chat_format: str | None = None
     retrofit: str | None = None
     time_limit: float | None = None
+    kl_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -68,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not self.lm_weight >= 0:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
+        if not self.kl_weight >= 0:
+            raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
@@ -108,6 +111,8 @@ HELP = {
     "workers": "processes generating batches ahead of the step (0: in the training process)",
     "time_limit": "seconds this run may take: it checkpoints and stops before the next step would pass "
     "them (resume it later; sized by the slowest step so far)",
+    "kl_weight": "with a pretrained --init: weight of the distillation from full attention against the "
+    "answers' loss (higher keeps plain text as the base model predicts it)",
     "retrofit": "with a pretrained --init: the retrofit whose memory reading is tuned (default: memory)",
     "chat_format": 'how chat turns are written: "plain" (the shipped model) or "spaced" (a space opens '
     "each turn, so an answer keeps the tokens of its statement); default: --init's, else plain",

@@ -114,8 +114,10 @@ def train(cfg: TrainConfig, model_overrides: dict | None = None) -> Path:
         from ovq.agent.train.tune import tune
 
         return tune(cfg, cfg.retrofit)
-    if cfg.retrofit is not None:
-        raise ValueError("--retrofit applies to a pretrained --init (a checkpoint or a name like smollm2)")
+    if cfg.retrofit is not None or cfg.kl_weight != 1.0:
+        raise ValueError(
+            "--retrofit and --kl-weight apply to a pretrained --init (a checkpoint or a name like smollm2)"
+        )
     rank, world = _init_distributed()
     device = _device(cfg.device, rank)
     out = Path(cfg.out)

@@ -12,7 +12,8 @@ learns). Two losses, on positions past the first fold (where the memory is read)
   drawn at random and every segment holding an answer. Full attention is the same weights over the whole
   stream (so seq_len is at most the checkpoint's context);
 - the answers: cross-entropy of each fact's value where the stream asks for it, 1k-8k tokens on.
-Both are means over their tokens, summed. Deterministic in (seed, step) and resumable, as `ovq train`.
+Both are means over their tokens, summed (the KL times --kl-weight). Deterministic in (seed, step) and
+resumable, as `ovq train`.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def tune(cfg: TrainConfig, retrofit: str | None = None) -> Path:
         totals = {"kl": 0.0, "answer": 0.0, "tokens": 0}
         for i in range(cfg.batch_size):
             seed = derive_seed(cfg.seed, step * cfg.batch_size + i)
-            for k, v in stream_step(model, loaded, cfg.seq_len, seed, scale=1 / cfg.batch_size).items():
+            parts = stream_step(model, loaded, cfg.seq_len, seed, 1 / cfg.batch_size, cfg.kl_weight)
+            for k, v in parts.items():
                 totals[k] += v
         torch.nn.utils.clip_grad_norm_(params.parameters(), cfg.grad_clip)
         opt.step()
@@ -123,9 +125,11 @@ def tune(cfg: TrainConfig, retrofit: str | None = None) -> Path:
     return out
 
 
-def stream_step(model: RetrofitLM, loaded: LoadedModel, T: int, seed: int, scale: float = 1.0) -> dict:
-    """One memory stream through the retrofit: gradients of `scale` * (KL + answer loss) accumulate in
-    the memory-read parameters. Returns the two losses and the tokens streamed."""
+def stream_step(
+    model: RetrofitLM, loaded: LoadedModel, T: int, seed: int, scale: float = 1.0, kl_weight: float = 1.0
+) -> dict:
+    """One memory stream through the retrofit: gradients of `scale` * (kl_weight * KL + answer loss)
+    accumulate in the memory-read parameters. Returns the two losses and the tokens streamed."""
     tokenizer, plan = loaded.tokenizer, model.config.retrofit
     stream = memory_stream(model.config.chat, lambda t: len(tokenizer.encode(t)), T, seed)
     ids, offsets = tokenizer.encode_with_offsets(stream.text)
@@ -158,7 +162,7 @@ def stream_step(model: RetrofitLM, loaded: LoadedModel, T: int, seed: int, scale
         t_logp = teacher[[row[p] for p in mine]]
         kl = F.kl_div(logp, t_logp, log_target=True, reduction="sum") / len(kl_pos)
         targets = [(i, ids[p + 1]) for i, p in enumerate(mine) if p in answers]
-        loss = kl
+        loss = kl_weight * kl
         if targets:
             rows = torch.tensor([i for i, _ in targets], device=model.device)
             gold = torch.tensor([t for _, t in targets], device=model.device)

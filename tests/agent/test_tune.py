@@ -82,6 +82,31 @@ def test_a_run_stopped_and_resumed_equals_one_run(checkpoint, tuned, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(one.parameters(), two.parameters()))
 
 
+def test_the_kl_weight_scales_only_the_distillation(checkpoint):
+    loaded = load_model(checkpoint, retrofit=SMALL)
+    loaded.model.float()  # bf16 rounding would hide the affine law
+    c = loaded.model.config.llama
+    loaded.model.attach_memory_read(MemoryReadParams(c.n_layers, c.n_heads, c.n_kv_heads))
+    loaded.model.requires_grad_(False).memory_read.requires_grad_(True)
+    params = list(loaded.model.memory_read.parameters())
+
+    def grads(kl_weight):  # the loss is kl_weight * KL + answers: its gradient is affine in the weight
+        for p in params:
+            p.grad = None
+        parts = stream_step(loaded.model, loaded, 400, derive_seed(0, 0), kl_weight=kl_weight)
+        return torch.cat([p.grad.flatten() for p in params]), parts
+
+    (g0, p0), (g1, p1), (g2, p2) = grads(0.0), grads(1.0), grads(2.0)
+    assert p0 == p1 == p2  # the losses it reports are unweighted
+    assert not torch.allclose(g1, g2)
+    torch.testing.assert_close(g2 - g1, g1 - g0, rtol=1e-4, atol=1e-6)
+
+
+def test_hybrid_training_refuses_the_tune_options(tmp_path, capsys):
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "x"), "--kl-weight", "2"]) == 2
+    assert "apply to a pretrained --init" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "extra, says",
     [
@@ -89,6 +114,7 @@ def test_a_run_stopped_and_resumed_equals_one_run(checkpoint, tuned, tmp_path):
         (["--seq-len", "4000"], "exceeds the checkpoint's context 512"),
         (["--seq-len", "256", "--retrofit", "window=300"], "ends before the memory is read"),
         (["--tasks", "recite:1"], "--tasks: hybrid training options"),
+        (["--kl-weight", "-1"], "kl_weight must be >= 0"),
     ],
 )
 def test_bad_tunes_are_refused_in_one_line(checkpoint, tmp_path, capsys, extra, says):
