@@ -1,5 +1,6 @@
 """Runtime benchmarks, printed as JSON: `ovq bench session` (soak), `ovq bench snapshots` and `ovq bench
-speed` (prefill and generation tokens/s).
+speed` (prefill and generation tokens/s; `--peer llama.cpp` measures llama.cpp beside it on the same
+GGUF file, tokens and thread count).
 
 Timings are ratios measured in one run (per-token time late versus early in a stream; codec versus
 raw LMDB on the same bytes); absolute numbers depend on the machine.
@@ -8,14 +9,17 @@ raw LMDB on the same bytes); absolute numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from ovq.agent.cli.options import add_capacity_option, add_retrofit_option
+from ovq.agent.model.names import resolve_model_path
 from ovq.agent.runtime.session import Runtime
 from ovq.agent.tasks import make_task
 
@@ -171,11 +175,58 @@ def speed_bench(runtime: Runtime, prefill: int = 16_384, generate: int = 256, re
     }
 
 
+def llama_cpp_speed(gguf: Path, pool: list[int], generate: int, repeats: int, threads: int) -> dict:
+    """speed_bench's measurement on llama.cpp (llama-cpp-python): the same GGUF file, token ids and
+    thread count; prefill through its KV cache in 2,048-token batches, then greedy generation of
+    `generate` tokens one forward each. Medians of `repeats` runs."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=str(gguf),
+        n_ctx=len(pool) + generate + 1,
+        n_batch=2048,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    llm.eval(pool[:2048])  # warm-up, as for ours
+    prefill_tps, generate_tps = [], []
+    for _ in range(repeats):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(pool)
+        prefill_tps.append(len(pool) / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        for _ in range(generate):
+            llm.eval([llm.sample(temp=0.0)])  # temp 0: llama.cpp's greedy sampler
+        generate_tps.append(generate / (time.perf_counter() - t0))
+    return {
+        "name": "llama.cpp",
+        "llama_cpp_python": llama_cpp.__version__,
+        "prefill_tokens_per_s": _median(prefill_tps),
+        "generate_tokens_per_s": _median(generate_tps),
+    }
+
+
+def _peer_file(model: str | None) -> Path:
+    """The GGUF file llama.cpp runs beside us; ValueError when it cannot run."""
+    path = resolve_model_path(model)
+    if path.suffix != ".gguf" or not path.is_file():
+        raise ValueError(f"--peer llama.cpp runs the same GGUF file, and the model {str(path)!r} is not one")
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ValueError(
+            "--peer llama.cpp needs llama-cpp-python, an optional benchmark extra: pip install 'ovq[peer]' "
+            "(README, 'Speed beside llama.cpp', has the build flags this kind of machine needs)"
+        )
+    return path
+
+
 # per model family, on the 2-core CPU: the tiny hybrid's, and a pretrained model's with the retrofit
 SPEED_TARGETS = {
     "HybridLM": {"prefill_tokens_per_s": ">= 2000 (2-core CPU)", "generate_tokens_per_s": ">= 30"},
     "RetrofitLM": {"prefill_tokens_per_s": ">= 400 (2-core CPU)", "generate_tokens_per_s": ">= 15"},
 }
+PEER_AIMS = {"prefill": ">= 2x llama.cpp", "generate": ">= 0.5x llama.cpp"}
 
 
 def main(suite: str, argv=None) -> None:
@@ -191,16 +242,31 @@ def main(suite: str, argv=None) -> None:
         p.add_argument("--tokens", type=int, default=16_384, help="prefill tokens")
         p.add_argument("--generate", type=int, default=256, help="generated tokens")
         p.add_argument("--repeats", type=int, default=3)
+        p.add_argument(
+            "--peer",
+            choices=["llama.cpp"],
+            help="also measure llama.cpp on the same GGUF file, tokens and threads (needs ovq[peer])",
+        )
     else:
         p.add_argument("--tokens", type=int, default=20_000, help="tokens fed before saving")
         p.add_argument("--repeats", type=int, default=30)
     args = p.parse_args(argv)
+    peer = _peer_file(args.model) if getattr(args, "peer", None) else None
     with tempfile.TemporaryDirectory() as tmp:
         runtime = Runtime.load(args.model, args.store or tmp, capacity=args.capacity, retrofit=args.retrofit)
         if suite == "session":
             result = session_soak(runtime, args.tokens, min(args.segment, args.tokens))
         elif suite == "speed":
             result = speed_bench(runtime, args.tokens, args.generate, args.repeats)
+            if peer is not None:
+                pool = _token_pool(runtime, args.tokens)
+                them = llama_cpp_speed(peer, pool, args.generate, args.repeats, torch.get_num_threads())
+                result["peer"] = them
+                result["ratio_to_peer"] = {
+                    "prefill": result["prefill_tokens_per_s"] / them["prefill_tokens_per_s"],
+                    "generate": result["generate_tokens_per_s"] / them["generate_tokens_per_s"],
+                    "aims": PEER_AIMS,
+                }
         else:
             result = snapshot_bench(runtime, args.tokens, args.repeats)
     print(json.dumps(result, indent=2))

@@ -168,10 +168,13 @@ def _eval_chat(args: argparse.Namespace) -> int:
     from ovq.agent.eval.chat_recall import load_fact_set, plot, run_recall, to_markdown
     from ovq.agent.eval.long_stream import agreement, greedy_replies, long_text, perplexity_by_position
     from ovq.agent.eval.long_stream import to_markdown as long_markdown
+    from ovq.agent.model.names import resolve_model_path
+    from ovq.agent.model.pretrained.memory_read import is_adapter_dir
     from ovq.agent.runtime.session import Runtime, Session
 
-    retrofits = [r.strip() for r in (args.retrofits or "full;streaming;memory").split(";") if r.strip()]
-    try:
+    try:  # a tuned memory reading is measured as tuned; the base model gives full attention and StreamingLLM
+        default = "memory" if is_adapter_dir(resolve_model_path(args.model)) else "full;streaming;memory"
+        retrofits = [r.strip() for r in (args.retrofits or default).split(";") if r.strip()]
         distances = _int_list("--distances", args.distances)
         facts = load_fact_set(args.set)
         results = {}
@@ -516,7 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the result to this file")
     ev.add_argument(
         "--retrofits",
-        help="chat: memory settings to compare, separated by ';' (default: full;streaming;memory), e.g. "
+        help="chat: memory settings to compare, separated by ';' (default: full;streaming;memory, and memory "
+        "for a tuned reading such as smollm2-tuned), e.g. "
         "'full;streaming;capacity=256;capacity=1024;capacity=4096'",
     )
     ev.add_argument(

