@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 UPDATE_EVERY_S = 0.05  # streamed text reaches the screen at most 20 times a second
 STATS_EVERY_S = 0.5  # the memory panel while a reply streams
 SIDE_PANEL_MIN_WIDTH = 110  # below this the memory summary lives only in its tab
+# Greedy replies of small chat models fall into loops of one sentence; 1.1 over the reply's last 64
+# tokens (llama.cpp's long-time default) breaks most of them (SmolLM2-135M: agent/shipped/smollm2/card.md)
+CHAT_REPEAT_PENALTY = 1.1
 TABS = {"chat": "Chat", "memory": "Memory", "probes": "Probes", "snapshots": "Snapshots"}
 
 
@@ -649,6 +652,7 @@ def run(
     autosave_tokens: int = 4096,
     temperature: float = 0.0,
     max_tokens: int = 256,
+    repeat_penalty: float = CHAT_REPEAT_PENALTY,
 ) -> int:
     """Run `ovq chat`; returns the exit status. The model loads in the session thread while the UI is
     already up. Raises FileNotFoundError (before any UI) when there is no model to load; other
@@ -657,6 +661,8 @@ def run(
 
     if temperature < 0 or max_tokens < 1 or autosave_tokens < 0:
         raise ValueError("--temperature and --autosave-tokens must be >= 0, --max-tokens >= 1")
+    if not repeat_penalty >= 1:
+        raise ValueError(f"--repeat-penalty must be >= 1 (1 disables it), got {repeat_penalty}")
     if not resolve_model_path(model).exists():
         raise FileNotFoundError(
             f"no model at {model} (a directory from `ovq train`, a .gguf file, or a name)"
@@ -665,7 +671,7 @@ def run(
     app = OvqApp(
         source,
         session,
-        sampling={"temperature": temperature, "max_tokens": max_tokens},
+        sampling={"temperature": temperature, "max_tokens": max_tokens, "repeat_penalty": repeat_penalty},
         autosave_tokens=autosave_tokens,
     )
     try:

@@ -30,6 +30,7 @@ def _chat(args: argparse.Namespace) -> int:
             autosave_tokens=args.autosave_tokens,
             temperature=args.temperature,
             max_tokens=args.max_tokens,
+            **({} if args.repeat_penalty is None else {"repeat_penalty": args.repeat_penalty}),
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"ovq chat: {e}", file=sys.stderr)
@@ -462,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     chat.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0: greedy)")
     chat.add_argument("--max-tokens", type=int, default=256, help="longest reply in tokens")
+    chat.add_argument(
+        "--repeat-penalty",
+        type=float,
+        help="make tokens among the reply's last 64 less likely (1: off; default 1.1, which breaks most of a "
+        "small model's loops)",
+    )
     chat.set_defaults(func=_chat)
 
     train = sub.add_parser(

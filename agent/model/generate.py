@@ -8,7 +8,7 @@ exactly the prompt plus the tokens yielded so far: nothing half-done.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,13 +19,18 @@ from ovq.agent.model.tokenizer import Tokenizer
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+    """temperature 0 is greedy; top_k 0 and top_p 1 disable those filters. repeat_penalty > 1 makes
+    the tokens among the reply's last `repeat_last_n` less likely (a logit l becomes l / p when positive,
+    l * p when not, as in CTRL and llama.cpp); 1 disables it. Only the reply's own tokens count: a
+    name the user said is not penalised when the reply has to give it back."""
 
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -38,6 +43,10 @@ class SamplingConfig:
             raise ValueError(f"max_tokens must be >= 0, got {self.max_tokens}")
         if any(not s for s in self.stop):
             raise ValueError("stop strings must be non-empty")
+        if not self.repeat_penalty >= 1:
+            raise ValueError(f"repeat_penalty must be >= 1 (1 disables it), got {self.repeat_penalty}")
+        if self.repeat_last_n < 1:
+            raise ValueError(f"repeat_last_n must be >= 1, got {self.repeat_last_n}")
 
 
 class CancelToken:
@@ -54,8 +63,15 @@ class CancelToken:
         return self._event.is_set()
 
 
-def sample(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator) -> int:
-    """One token from logits [V]."""
+def sample(
+    logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator, recent: Sequence[int] = ()
+) -> int:
+    """One token from logits [V]; `recent`: the reply's tokens so far, for cfg.repeat_penalty."""
+    if cfg.repeat_penalty != 1 and recent:
+        seen = torch.tensor(sorted(set(recent[-cfg.repeat_last_n :])), device=logits.device)
+        hit = logits[seen].float()
+        hit = torch.where(hit > 0, hit / cfg.repeat_penalty, hit * cfg.repeat_penalty)
+        logits = logits.float().index_copy(0, seen, hit)
     if cfg.temperature == 0:
         return int(logits.argmax())
     logits = logits.float() / cfg.temperature
@@ -87,10 +103,12 @@ def generate_tokens(
     if not prompt:
         raise ValueError("generation needs a non-empty prompt")
     logits, state = model(torch.tensor([prompt], device=device), state, last_only=True)
+    reply: list[int] = []
     for _ in range(cfg.max_tokens):
         if cancel is not None and cancel.cancelled:
             return
-        token = sample(logits[0, -1], cfg, generator)
+        token = sample(logits[0, -1], cfg, generator, reply)
+        reply.append(token)
         logits, state = model(
             torch.tensor([[token]], device=device), state, last_only=True
         )  # fed, then yielded

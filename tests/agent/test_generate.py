@@ -86,7 +86,9 @@ def test_stream_text_stops_at_stop_strings_split_across_tokens():
 @pytest.mark.parametrize(
     "kw, match",
     [({"temperature": -1}, "temperature"), ({"top_k": -1}, "top_k"), ({"top_p": 0}, "top_p"),
-     ({"max_tokens": -1}, "max_tokens"), ({"stop": ("",)}, "stop")],
+     ({"max_tokens": -1}, "max_tokens"), ({"stop": ("",)}, "stop"),
+     ({"repeat_penalty": 0.9}, "repeat_penalty"), ({"repeat_penalty": float("nan")}, "repeat_penalty"),
+     ({"repeat_last_n": 0}, "repeat_last_n")],
 )  # fmt: skip
 def test_bad_sampling_configs(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -97,3 +99,24 @@ def test_empty_prompt_is_rejected():
     m = model()
     with pytest.raises(ValueError, match="non-empty prompt"):
         list(generate_tokens(m, m.init_state(1), [], SamplingConfig(), torch.Generator()))
+
+
+def test_repeat_penalty_divides_positive_and_multiplies_negative_logits_of_recent_reply_tokens():
+    logits = torch.tensor([3.0, 2.9, -1.0, -1.05, 0.5])
+    cfg, g = SamplingConfig(repeat_penalty=1.1), torch.Generator()
+    assert sample(logits, cfg, g, recent=[]) == 0 == sample(logits, SamplingConfig(), g, recent=[0])
+    assert sample(logits, cfg, g, recent=[0]) == 1  # 3.0 / 1.1 < 2.9
+    assert sample(logits, cfg, g, recent=[0, 0, 0, 1]) == 0  # a set: each token is penalised once
+    only_negative = torch.tensor([-1.0, -1.05])
+    assert sample(only_negative, cfg, g, recent=[0]) == 1  # -1.1 < -1.05
+    window = SamplingConfig(repeat_penalty=1.1, repeat_last_n=2)
+    assert sample(logits, window, g, recent=[0, 4, 4]) == 0  # token 0 left the last 2
+
+
+def test_repeat_penalty_counts_the_reply_and_not_the_prompt():
+    m = model()
+    greedy, _ = run(m, SamplingConfig(max_tokens=12))
+    penalised, _ = run(m, SamplingConfig(max_tokens=12, repeat_penalty=1e9))
+    assert greedy[0] == penalised[0]  # the first token is free, though the prompt holds many tokens
+    assert len(set(penalised)) == len(penalised)  # never a token twice within the last 64
+    assert len(set(greedy)) < len(greedy)  # this model does repeat when greedy
