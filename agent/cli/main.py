@@ -173,15 +173,17 @@ def _eval_chat(args: argparse.Namespace) -> int:
     from ovq.agent.model.pretrained.memory_read import is_adapter_dir
     from ovq.agent.runtime.session import Runtime, Session
 
-    try:  # a tuned memory reading is measured as tuned; the base model gives full attention and StreamingLLM
-        default = "memory" if is_adapter_dir(resolve_model_path(args.model)) else "full;streaming;memory"
+    try:  # a tuned memory reading is measured with the settings it was tuned for ('tuned'), by default
+        tuned = is_adapter_dir(resolve_model_path(args.model))
+        default = "tuned" if tuned else "full;streaming;memory"
         retrofits = [r.strip() for r in (args.retrofits or default).split(";") if r.strip()]
         distances = _int_list("--distances", args.distances)
         facts = load_fact_set(args.set)
         results = {}
         with tempfile.TemporaryDirectory() as store:
             for spec in retrofits:
-                runtime = Runtime.load(args.model, store, retrofit=spec)
+                own = tuned and spec == "tuned"  # None: the adapter's own settings
+                runtime = Runtime.load(args.model, store, retrofit=None if own else spec)
                 tok = runtime.tokenizer
                 plans = getattr(runtime.model.config, "plans", None)
                 full = plans is not None and plans[0].kind == "full"
@@ -526,8 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the result to this file")
     ev.add_argument(
         "--retrofits",
-        help="chat: memory settings to compare, separated by ';' (default: full;streaming;memory, and memory "
-        "for a tuned reading such as smollm2-tuned), e.g. "
+        help="chat: memory settings to compare, separated by ';' (default: full;streaming;memory; for a "
+        "tuned reading such as smollm2-tuned, tuned: the settings it was tuned for), e.g. "
         "'full;streaming;capacity=256;capacity=1024;capacity=4096'",
     )
     ev.add_argument(

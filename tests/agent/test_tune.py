@@ -152,3 +152,16 @@ def test_a_time_limit_stops_at_a_checkpoint_that_resumes(checkpoint, tuned, tmp_
     one = MemoryReadParams.load(tuned / ADAPTER, 2, 4, 2)
     two = MemoryReadParams.load(out / ADAPTER, 2, 4, 2)
     assert all(torch.equal(a, b) for a, b in zip(one.parameters(), two.parameters()))
+
+
+def test_eval_chat_measures_a_tuned_reading_as_tuned(tuned, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "chat.json"
+    argv = ["eval", "chat", "--model", str(tuned), "--distances", "16", "--n", "1", "--max-tokens", "2"]
+    assert main([*argv, "--quiet", "--json", str(out)]) == 0  # by default: the settings it was tuned for
+    result = json.loads(out.read_text())
+    assert list(result) == ["tuned"]
+    assert result["tuned"]["state_bytes"] == load_model(tuned).model.init_state(1).nbytes  # not the preset's
+    assert main([*argv, "--quiet", "--retrofits", "full"]) == 2  # full attention has no memory to read
+    assert "the 'full' retrofit has none" in capsys.readouterr().err
