@@ -49,9 +49,10 @@ elif [ "$stage" = 2 ]; then
   else  # 8 streams of 8,192 tokens a step; the time limit decides how many steps
     args=(--steps 1000 --batch-size 8 --seq-len 8192 --checkpoint-every 10 --time-limit "${TUNE_SECONDS:-420}")
   fi
-  # distillation weighted 5x: on the CPU, weight 1 cost 15-30% perplexity past the window, 5 cost 4-8%
+  # distillation weighted 15x, as the shipped CPU tune: past the window, weight 1 cost 15-30% perplexity,
+  # 5 cost 4-8%, 15 nothing (agent/shipped/smollm2-tuned/card.md)
   python3 -m ovq train --init "$gguf" --out "$OUT/tune" --lr 0.03 --warmup 5 --log "$OUT/tune.log" \
-    --kl-weight "${KL_WEIGHT:-5}" "${args[@]}" 2>&1 | tail -n 40
+    --kl-weight "${KL_WEIGHT:-15}" "${args[@]}" 2>&1 | tail -n 40
   cat "$OUT/tune/tune_state.json" | head -3
 else
   echo "usage: .device/run.sh 1|2"; exit 2

@@ -41,7 +41,7 @@ UPDATE_EVERY_S = 0.05  # streamed text reaches the screen at most 20 times a sec
 STATS_EVERY_S = 0.5  # the memory panel while a reply streams
 SIDE_PANEL_MIN_WIDTH = 110  # below this the memory summary lives only in its tab
 # Greedy replies of small chat models fall into loops of one sentence; 1.1 over the reply's last 64
-# tokens (llama.cpp's long-time default) breaks most of them (SmolLM2-135M: agent/shipped/smollm2/card.md)
+# tokens (llama.cpp's long-time default) breaks most of them (SmolLM2-135M: README, The terminal chat)
 CHAT_REPEAT_PENALTY = 1.1
 TABS = {"chat": "Chat", "memory": "Memory", "probes": "Probes", "snapshots": "Snapshots"}
 

@@ -209,8 +209,12 @@ def llama_cpp_speed(gguf: Path, pool: list[int], generate: int, repeats: int, th
 
 
 def _peer_file(model: str | None) -> Path:
-    """The GGUF file llama.cpp runs beside us; ValueError when it cannot run."""
+    """The GGUF file llama.cpp runs beside us (a tuned reading's base); ValueError when it cannot run."""
+    from ovq.agent.model.pretrained.memory_read import is_adapter_dir, read_adapter_config
+
     path = resolve_model_path(model)
+    if is_adapter_dir(path):
+        path = resolve_model_path(read_adapter_config(path)["base"])
     if path.suffix != ".gguf" or not path.is_file():
         raise ValueError(f"--peer llama.cpp runs the same GGUF file, and the model {str(path)!r} is not one")
     if importlib.util.find_spec("llama_cpp") is None:

@@ -173,9 +173,9 @@ def _eval_chat(args: argparse.Namespace) -> int:
     from ovq.agent.model.pretrained.memory_read import is_adapter_dir
     from ovq.agent.runtime.session import Runtime, Session
 
-    try:  # a tuned memory reading is measured with the settings it was tuned for ('tuned'), by default
+    try:  # a tuned memory reading is measured with the settings it was tuned for ('tuned')
         tuned = is_adapter_dir(resolve_model_path(args.model))
-        default = "tuned" if tuned else "full;streaming;memory"
+        default = "full;streaming;tuned" if tuned else "full;streaming;memory"
         retrofits = [r.strip() for r in (args.retrofits or default).split(";") if r.strip()]
         distances = _int_list("--distances", args.distances)
         facts = load_fact_set(args.set)
@@ -528,8 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the result to this file")
     ev.add_argument(
         "--retrofits",
-        help="chat: memory settings to compare, separated by ';' (default: full;streaming;memory; for a "
-        "tuned reading such as smollm2-tuned, tuned: the settings it was tuned for), e.g. "
+        help="chat: memory settings to compare, separated by ';' (default: full;streaming;memory, and "
+        "full;streaming;tuned for a tuned reading such as the default model: tuned is the settings it was "
+        "tuned for), e.g. "
         "'full;streaming;capacity=256;capacity=1024;capacity=4096'",
     )
     ev.add_argument(

