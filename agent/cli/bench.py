@@ -142,13 +142,13 @@ def snapshot_bench(runtime: Runtime, tokens: int = 20_000, repeats: int = 30) ->
     }
 
 
-def speed_bench(runtime: Runtime, prefill: int = 16_384, generate: int = 256, repeats: int = 3) -> dict:
-    """Prefill tokens/s (a session fed `prefill` tokens in 2,048-token pieces) and generation tokens/s
-    (greedy, one token per forward, never stopping early), each the median of `repeats` runs on a
-    stream that already holds the prefill."""
+def speed_bench(runtime: Runtime, pool: list[int], generate: int = 256, repeats: int = 3) -> dict:
+    """Prefill tokens/s (a session fed the token ids `pool` in 2,048-token pieces) and generation
+    tokens/s (greedy, one token per forward, never stopping early), each the median of `repeats` runs on
+    a stream that already holds the prefill."""
     from ovq.agent.model.generate import SamplingConfig, generate_tokens
 
-    pool, model = _token_pool(runtime, prefill), runtime.model
+    prefill, model = len(pool), runtime.model
     cfg = SamplingConfig(max_tokens=generate)
     with torch.no_grad():  # warm-up: first-call allocations are not part of the rate
         model(torch.tensor([pool[:2048]]), model.init_state(1), last_only=True)
@@ -261,9 +261,9 @@ def main(suite: str, argv=None) -> None:
         if suite == "session":
             result = session_soak(runtime, args.tokens, min(args.segment, args.tokens))
         elif suite == "speed":
-            result = speed_bench(runtime, args.tokens, args.generate, args.repeats)
+            pool = _token_pool(runtime, args.tokens)
+            result = speed_bench(runtime, pool, args.generate, args.repeats)
             if peer is not None:
-                pool = _token_pool(runtime, args.tokens)
                 them = llama_cpp_speed(peer, pool, args.generate, args.repeats, torch.get_num_threads())
                 result["peer"] = them
                 result["ratio_to_peer"] = {
