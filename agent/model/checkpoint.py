@@ -31,8 +31,9 @@ from ovq.agent.model.names import (  # noqa: F401  (re-exported: where a model i
     resolve_model_path,
     shipped_models,
 )
-from ovq.agent.model.pretrained import PretrainedError, load_pretrained
+from ovq.agent.model.pretrained import PretrainedError, load_pretrained, lora
 from ovq.agent.model.pretrained.chat_template import CHATML, TemplateChat, TemplateError
+from ovq.agent.model.pretrained.lora import LORA, LoRAConfig
 from ovq.agent.model.pretrained.memory_read import (
     ADAPTER,
     ADAPTER_CONFIG,
@@ -170,8 +171,9 @@ def _load_pretrained(
 
 def _load_tuned(path: Path, device, capacity: int | None, retrofit) -> LoadedModel:
     """A directory from `ovq train --init <pretrained>`: its base checkpoint with the retrofit it was
-    tuned for (or `retrofit`, when given) and its learned memory reading. A retrofit that keeps no
-    memory (full, streaming) leaves nothing to read: that is the base model as it is."""
+    tuned for (or `retrofit`, when given), its LoRA merged into the weights (when it has one) and its
+    learned memory reading. A retrofit that keeps no memory (full, streaming) leaves nothing to read:
+    that is the base model as it is, with its LoRA."""
     meta = read_adapter_config(path)
     base = resolve_model_path(meta["base"])
     if not base.exists():
@@ -185,12 +187,21 @@ def _load_tuned(path: Path, device, capacity: int | None, retrofit) -> LoadedMod
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path / ADAPTER_CONFIG}: bad retrofit settings: {e}") from None
     loaded = _load_pretrained(base, device, capacity, retrofit, source)
+    digest = hashlib.sha256(loaded.fingerprint.encode())
+    if meta.get("lora") is not None:  # new weights, whatever the retrofit: merged once, run at full speed
+        try:
+            lora_config = LoRAConfig.from_dict(meta["lora"])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path / ADAPTER_CONFIG}: bad LoRA settings: {e}") from None
+        tensors = lora.load_tensors(path / LORA, loaded.model.llama, lora_config)
+        lora.merge(loaded.model.llama, lora_config, tensors)
+        digest.update((path / LORA).read_bytes())
+        loaded = LoadedModel(loaded.model, loaded.tokenizer, path, digest.hexdigest())
     if loaded.model.config.retrofit.kind != "memory":
-        return loaded
+        return loaded  # no memory to read: the base model (with its LoRA, if any)
     c = loaded.model.config.llama
     params = MemoryReadParams.load(path / ADAPTER, c.n_layers, c.n_heads, c.n_kv_heads)
     loaded.model.attach_memory_read(params)
-    digest = hashlib.sha256(loaded.fingerprint.encode())
     digest.update((path / ADAPTER).read_bytes())
     return LoadedModel(loaded.model, loaded.tokenizer, path, digest.hexdigest())
 

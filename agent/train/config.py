@@ -47,6 +47,10 @@ class TrainConfig:
     retrofit: str | None = None
     time_limit: float | None = None
     kl_weight: float = 1.0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: str = "attn,mlp"
+    lora_lr: float = 1e-3
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "vocab_size", "checkpoint_every"):
@@ -71,6 +75,12 @@ class TrainConfig:
             raise ValueError(f"lm_weight must be >= 0, got {self.lm_weight}")
         if not self.kl_weight >= 0:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0 (0: no LoRA), got {self.lora_rank}")
+        if not (self.lora_alpha > 0 and self.lora_lr > 0):
+            raise ValueError(f"need lora_alpha > 0 and lora_lr > 0, got {self.lora_alpha}, {self.lora_lr}")
+        if self.lora_rank and self.init is None:
+            raise ValueError("--lora-rank adapts a pretrained model: give it with --init")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
@@ -113,6 +123,12 @@ HELP = {
     "them (resume it later; sized by the slowest step so far)",
     "kl_weight": "with a pretrained --init: weight of the distillation from full attention against the "
     "answers' loss (higher keeps plain text as the base model predicts it)",
+    "lora_rank": "with a pretrained --init: rank of low-rank adapters on --lora-targets, trained with the "
+    "memory reading on recall dialogues (0: the memory reading alone, on memory streams)",
+    "lora_alpha": "LoRA scale numerator: the update is (alpha / rank) * B A",
+    "lora_targets": "projections a LoRA adapts in every layer: attn (q, k, v, o), mlp (gate, up, down), or "
+    "module names, comma-separated",
+    "lora_lr": "learning rate of the LoRA (the memory reading keeps --lr)",
     "retrofit": "with a pretrained --init: the retrofit whose memory reading is tuned (default: memory)",
     "chat_format": 'how chat turns are written: "plain" (the shipped model) or "spaced" (a space opens '
     "each turn, so an answer keeps the tokens of its statement); default: --init's, else plain",
