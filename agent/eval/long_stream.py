@@ -115,6 +115,29 @@ def agreement(replies: Sequence[str], reference: Sequence[str]) -> dict:
     return {"identical": same, "total": len(replies), "share": same / len(replies) if replies else None}
 
 
+def reply_kl(model, reference, tokenizer, chat, messages: Sequence[str], replies: Sequence[str]) -> dict:
+    """How far `model`'s next-token distributions are from `reference`'s over the reference's own
+    replies (each after its message in a fresh stream): the mean per-token KL(reference || model) in
+    nats, {"kl_per_token", "tokens"}. Both are models taking (tokens [1, T]) -> (logits [1, T, V], state)
+    with one tokenizer; a fine-tune that keeps ordinary chat as it was stays near 0."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for message, reply in zip(messages, replies, strict=True):
+            prompt = tokenizer.encode(chat.preamble + chat.turn("<|user|>", message) + chat.prompt)
+            ids = prompt + tokenizer.encode(reply)
+            if len(ids) == len(prompt):
+                continue
+            tokens = torch.tensor([ids], device=model.device)
+            span = slice(len(prompt) - 1, len(ids) - 1)  # logits that predict the reply's tokens
+            mine = model(tokens)[0][0, span].double().log_softmax(-1)
+            theirs = reference(tokens.to(reference.device))[0][0, span].double().log_softmax(-1)
+            total += float((theirs.exp() * (theirs - mine.to(theirs.device))).sum())
+            count += len(ids) - len(prompt)
+    return {"kl_per_token": round(total / count, 5) if count else None, "tokens": count}
+
+
 def to_markdown(results_by_label: dict[str, dict]) -> str:
     """A row per setting: state bytes, perplexity per position bucket, agreement with full attention
     (what each result holds of "state_bytes", "perplexity", "agreement"); "" when none has either."""

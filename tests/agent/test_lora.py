@@ -102,7 +102,10 @@ def test_lora_tuning_lowers_the_loss_and_the_result_loads_as_a_model(checkpoint,
     x = torch.tensor([list(range(3, 40))])
     assert not torch.equal(model.model(x)[0], base.model(x)[0])  # new weights, inside the window too
     full = load_model(tuned, retrofit="full")  # no memory to read, but the LoRA's weights
-    assert full.model.memory_read is None and full.fingerprint != load_model(checkpoint, retrofit="full").fingerprint
+    assert (
+        full.model.memory_read is None
+        and full.fingerprint != load_model(checkpoint, retrofit="full").fingerprint
+    )
     saved = load_file(str(tuned / LORA))
     assert len(saved) == 2 * 2 * 7 and all(t.shape[0] == 2 or t.shape[1] == 2 for t in saved.values())
 
@@ -171,3 +174,16 @@ def test_bad_lora_options_are_refused_in_one_line(checkpoint, tmp_path, capsys, 
 def test_a_lora_needs_a_pretrained_init(tmp_path, capsys):
     assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "x"), "--lora-rank", "4"]) == 2
     assert "--lora-rank adapts a pretrained model" in capsys.readouterr().err
+
+
+def test_reply_kl_is_zero_against_itself_and_grows_with_an_adapter(checkpoint, tuned):
+    from ovq.agent.eval.long_stream import reply_kl
+
+    base, other = load_model(checkpoint, retrofit=SMALL), load_model(tuned)
+    chat, tokenizer = base.model.config.chat, base.tokenizer
+    messages, replies = ["Why do cats purr?", "Name a colour."], ["Because they are content.", "Blue."]
+    same = reply_kl(base.model, base.model, tokenizer, chat, messages, replies)
+    assert same == {"kl_per_token": 0, "tokens": sum(len(tokenizer.encode(r)) for r in replies)}
+    assert reply_kl(other.model, base.model, tokenizer, chat, messages, replies)["kl_per_token"] > 0
+    with pytest.raises(ValueError):
+        reply_kl(base.model, base.model, tokenizer, chat, messages, replies[:1])
