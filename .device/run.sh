@@ -46,13 +46,13 @@ elif [ "$stage" = 2 ]; then
   [ "$(sha256sum "$gguf" | cut -d' ' -f1)" = "$(cat .device/weights.sha256)" ] || { echo "model halves do not join"; exit 1; }
   if [ -n "$dry" ]; then
     args=(--steps 2 --batch-size 1 --seq-len 1536 --checkpoint-every 1)
-  else  # 8 streams of 8,192 tokens a step; the time limit decides how many steps
-    args=(--steps 1000 --batch-size 8 --seq-len 8192 --checkpoint-every 10 --time-limit "${TUNE_SECONDS:-420}")
+  else  # 8 recall dialogues of 4,096 tokens a step (a quarter 8,192); the time limit decides how many steps
+    args=(--steps 1000 --batch-size 8 --seq-len 4096 --checkpoint-every 10 --time-limit "${TUNE_SECONDS:-420}")
   fi
-  # distillation weighted 15x, as the shipped CPU tune: past the window, weight 1 cost 15-30% perplexity,
-  # 5 cost 4-8%, 15 nothing (agent/shipped/smollm2-tuned/card.md)
-  python3 -m ovq train --init "$gguf" --out "$OUT/tune" --lr 0.03 --warmup 5 --log "$OUT/tune.log" \
-    --kl-weight "${KL_WEIGHT:-15}" "${args[@]}" 2>&1 | tail -n 40
+  # the shipped recall model's recipe (agent/shipped/smollm2-recall/card.md): a rank-8 LoRA on every
+  # projection with the memory reading, KL to the base weighted 10x; LORA_RANK=0 tunes the reading alone
+  python3 -m ovq train --init "$gguf" --out "$OUT/tune" --lr 0.02 --warmup 5 --log "$OUT/tune.log" \
+    --lora-rank "${LORA_RANK:-8}" --lora-lr 1e-3 --kl-weight "${KL_WEIGHT:-10}" "${args[@]}" 2>&1 | tail -n 40
   cat "$OUT/tune/tune_state.json" | head -3
 else
   echo "usage: .device/run.sh 1|2"; exit 2
