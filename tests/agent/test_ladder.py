@@ -334,7 +334,7 @@ def test_the_cli_defaults_match_the_ladder():
     "argv, message",
     [
         (["--settings", "smollm2"], "each setting is MODEL:RETROFIT"),
-        (["--settings", "smollm2:memory;:full"], "each setting is MODEL:RETROFIT"),
+        (["--settings", "tiny:memory;:full"], "each setting is MODEL:RETROFIT"),
         (["--settings", "no/such/model:memory"], "no model 'no/such/model'"),
         (["--settings", ";"], "no setting given"),
         (["--tiers", "easy,medium"], "tiers must be some of easy, hard"),
