@@ -234,7 +234,7 @@ def _eval_chat(args: argparse.Namespace) -> int:
 
 EVAL_DEFAULTS = {"n": "20", "distances": "512,2048,7168,32768", "max_tokens": 32}
 LADDER_DEFAULTS = {"n": "40", "distances": "0,2048,4096,7168,16384,32768,102400", "max_tokens": 24}
-LADDER_SETTINGS = "smollm2:full;smollm2:streaming;smollm2:memory;smollm2-tuned:tuned"
+LADDER_SETTINGS = "smollm2:full;smollm2:streaming;smollm2:memory;smollm2-tuned:tuned;smollm2-recall:tuned"
 
 
 def _eval_ladder(args: argparse.Namespace) -> int:
