@@ -335,8 +335,7 @@ def _save(
     state = opt.state_dict()
     tensors = {f"{i}.{k}": v for i, s in state["state"].items() for k, v in s.items()}
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / OPTIM))
-    groups = [{k: v for k, v in g.items()} for g in state["param_groups"]]
-    record = {"step": step, "train_config": asdict(cfg), "param_groups": groups}
+    record = {"step": step, "train_config": asdict(cfg), "param_groups": state["param_groups"]}
     tmp = out / (TUNE_STATE + ".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     os.replace(tmp, out / TUNE_STATE)  # the step marker is written last: a crash leaves the old one
